@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+
+from app.api.deps import CallerDep, SessionDep
+from app.api.schemas import GenerateIn, GenerateOut, ModelCreate, ModelOut, VersionOut
+from app.db.models import Model, ModelVersion
+from app.services import generation, registry
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def model_out(session: SessionDep, model: Model) -> ModelOut:
+    version = session.get(ModelVersion, model.production_version_id)
+    return ModelOut(
+        id=model.id,
+        name=model.name,
+        path=model.base_path,
+        base_sha256=model.base_sha256,
+        retain_path=model.retain_path,
+        holdout_path=model.holdout_path,
+        prompt_template=model.prompt_template,
+        production_version=version.number if version else None,
+        created_at=model.created_at,
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ModelOut,
+    summary="Register a model; its base weights become version 1 (production)",
+)
+def create_model(body: ModelCreate, session: SessionDep, caller: CallerDep) -> ModelOut:
+    model = registry.register_model(
+        session,
+        name=body.name,
+        path=body.path,
+        retain_path=body.retain_path,
+        holdout_path=body.holdout_path,
+        prompt_template=body.prompt_template,
+        actor=caller,
+    )
+    session.commit()
+    return model_out(session, model)
+
+
+@router.get("/{name}", response_model=ModelOut)
+def get_model(name: str, session: SessionDep, _: CallerDep) -> ModelOut:
+    return model_out(session, registry.get_model(session, name))
+
+
+@router.get("/{name}/versions", response_model=list[VersionOut])
+def list_versions(name: str, session: SessionDep, _: CallerDep) -> list[VersionOut]:
+    model = registry.get_model(session, name)
+    return [
+        VersionOut(
+            id=v.id,
+            number=v.number,
+            parent_id=v.parent_id,
+            adapter_sha256=v.adapter_sha256,
+            adapter_count=len(v.adapter_chain),
+            job_id=v.job_id,
+            certificate_id=v.certificate_id,
+            production=v.id == model.production_version_id,
+            created_at=v.created_at,
+        )
+        for v in registry.list_versions(session, model)
+    ]
+
+
+@router.post(
+    "/{name}/generate",
+    response_model=GenerateOut,
+    summary="Greedy generation from the production version",
+)
+def generate(name: str, body: GenerateIn, session: SessionDep, _: CallerDep) -> GenerateOut:
+    out = generation.generate(
+        session,
+        name,
+        prompt=body.prompt,
+        question=body.question,
+        max_new_tokens=body.max_new_tokens,
+    )
+    return GenerateOut(
+        text=out.text, model=name, version=out.version_number, version_id=out.version_id
+    )

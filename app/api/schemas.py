@@ -1,0 +1,155 @@
+"""Request and response bodies of API v1."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")]
+NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
+
+
+class ModelCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name = Field(description="lower-case identifier, e.g. 'support-bot'")
+    path: str = Field(min_length=1, description="Hugging Face model directory on the server")
+    retain_path: str = Field(
+        min_length=1,
+        description="JSON Lines (question/answer or text per line): what must survive",
+    )
+    holdout_path: str = Field(
+        min_length=1,
+        description="JSON Lines of comparable data the model never saw (the baseline)",
+    )
+    prompt_template: str = Field(
+        default="Question: {question}\nAnswer: {answer}",
+        description="how the model was trained on a pair; {answer} last; or 'chat'",
+    )
+
+
+class ModelOut(BaseModel):
+    id: str
+    name: str
+    path: str
+    base_sha256: str
+    retain_path: str
+    holdout_path: str
+    prompt_template: str
+    production_version: int | None
+    created_at: datetime
+
+
+class VersionOut(BaseModel):
+    id: str
+    number: int
+    parent_id: str | None
+    adapter_sha256: str | None
+    adapter_count: int
+    job_id: str | None
+    certificate_id: str | None
+    production: bool
+    created_at: datetime
+
+
+class GenerateIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: NonEmpty | None = Field(default=None, description="raw text to continue")
+    question: NonEmpty | None = Field(
+        default=None, description="a question, rendered through the model's prompt template"
+    )
+    max_new_tokens: int = Field(default=32, ge=1, le=512)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> GenerateIn:
+        if (self.prompt is None) == (self.question is None):
+            raise ValueError("give exactly one of prompt or question")
+        return self
+
+
+class GenerateOut(BaseModel):
+    text: str
+    model: str
+    version: int
+    version_id: str
+
+
+class QAItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: NonEmpty
+    answer: NonEmpty
+
+
+class TextItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: NonEmpty
+
+
+class ErasureRequestCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: Name
+    subject_id: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
+        description="the caller's id of the data subject; stored only as a keyed hash"
+    )
+    forget: list[QAItem | TextItem] = Field(min_length=1, max_length=1000)
+
+
+RequestStatusName = Literal[
+    "received", "queued", "unlearning", "verifying", "completed", "failed", "cancelled"
+]
+
+
+class ErasureRequestOut(BaseModel):
+    id: str
+    model: str
+    status: RequestStatusName
+    item_count: int
+    received_at: datetime
+    due_at: datetime
+    completed_at: datetime | None
+    job_id: str | None
+    published_version_id: str | None
+    certificate_id: str | None
+    error: str | None
+
+
+class Progress(BaseModel):
+    step: int
+    total_steps: int
+    loss: float | None
+
+
+class JobOut(BaseModel):
+    id: str
+    model: str
+    status: str
+    method: str
+    config: dict[str, Any]
+    attempts: int
+    progress: Progress
+    metrics: dict[str, Any]
+    error: str | None
+    request_ids: list[str]
+    certificate_id: str | None
+    published_version_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class CertificateOut(BaseModel):
+    id: str
+    job_id: str
+    passed: bool
+    key_id: str
+    document: dict[str, Any] = Field(description="the signed statement, parsed")
+    envelope: dict[str, Any] = Field(
+        description="what `lethe certificate verify` checks: document text, signature, key"
+    )
+    created_at: datetime

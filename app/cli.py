@@ -1,0 +1,260 @@
+"""The `lethe` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.settings import get_settings
+
+cli = typer.Typer(no_args_is_help=True, help="Lethe: unlearning as a service.")
+demo_model_cli = typer.Typer(no_args_is_help=True, help="The built-in demo model.")
+certificate_cli = typer.Typer(no_args_is_help=True, help="Unlearning certificates.")
+cli.add_typer(demo_model_cli, name="demo-model")
+cli.add_typer(certificate_cli, name="certificate")
+
+
+def _logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+
+
+def run_migrations() -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    import migrations
+
+    settings = get_settings()
+    settings.ensure_dirs()
+    config = Config()
+    config.set_main_option("script_location", str(Path(list(migrations.__path__)[0])))
+    config.set_main_option("sqlalchemy.url", settings.resolved_database_url)
+    command.upgrade(config, "head")
+
+
+@cli.command()
+def migrate() -> None:
+    """Bring the database schema up to date (Alembic)."""
+    run_migrations()
+    typer.echo("database schema is up to date")
+
+
+@cli.command()
+def serve(
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    worker: Annotated[
+        bool,
+        typer.Option(
+            "--worker/--no-worker", help="run stages in this process (embedded broker only)"
+        ),
+    ] = True,
+) -> None:
+    """Run the HTTP API (and, with the embedded broker, a worker in the same process)."""
+    import uvicorn
+
+    from app.api.main import create_app
+    from app.services import dispatch
+    from app.services.recovery import start_maintenance_thread
+
+    _logging()
+    settings = get_settings()
+    if settings.resolved_database_url.startswith("sqlite"):
+        run_migrations()  # the embedded default sets itself up
+    if settings.embedded_broker and not worker:
+        dispatch.disable_embedded_worker()
+    if settings.admin_key is None:
+        typer.echo(f"development admin key (Bearer): {settings.resolved_admin_key()}", err=True)
+    start_maintenance_thread()
+    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+
+
+@cli.command()
+def worker(
+    loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
+) -> None:
+    """Run a Celery worker on queue `gpu`: one process, one job at a time (one per GPU)."""
+    settings = get_settings()
+    if settings.embedded_broker:
+        typer.echo(
+            "LETHE_BROKER_URL is 'embedded': `lethe serve` runs the worker itself; "
+            "set a Redis URL to run separate workers",
+            err=True,
+        )
+        raise typer.Exit(2)
+    _logging()
+    from workers.celery_app import celery_app
+
+    celery_app.worker_main(
+        [
+            "worker",
+            "-Q",
+            "gpu",
+            "--pool",
+            "solo",
+            "--concurrency",
+            "1",
+            "--loglevel",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+@demo_model_cli.command("build")
+def demo_model_build(
+    out: Annotated[Path, typer.Option(help="directory to write the model to")],
+    size: Annotated[str, typer.Option(help="tiny (tests) or small (demo)")] = "small",
+    seed: Annotated[int, typer.Option(help="corpus and training seed")] = 0,
+) -> None:
+    """Build the demo model: a synthetic corpus of fictitious people and a small
+    Llama-style model trained from scratch to memorise it."""
+    if size not in ("tiny", "small"):
+        raise typer.BadParameter("size must be tiny or small", param_hint="--size")
+    from workers.engine.demo_model import build_demo_model
+
+    with _Progress("training") as bar:
+        report = build_demo_model(out, size=size, seed=seed, on_progress=bar.update)
+    typer.echo(json.dumps(_asdict(report), indent=2))
+    typer.echo(f"greedy answer accuracy on trained facts: {report.train_accuracy:.1%}")
+
+
+@cli.command()
+def demo(
+    json_output: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    size: Annotated[str, typer.Option(help="demo model size")] = "small",
+) -> None:
+    """Run the main job on the embedded default: build the demo model if absent, erase one
+    fictitious person, verify, publish, and show the certificate."""
+    import os
+
+    settings = get_settings()
+    if not settings.embedded_broker or not settings.resolved_database_url.startswith("sqlite"):
+        # the demo is the embedded default; never touch a production database or queue
+        os.environ["LETHE_BROKER_URL"] = "embedded"
+        os.environ["LETHE_DATABASE_URL"] = ""
+        get_settings.cache_clear()
+    from app.demo import run_demo
+
+    _logging(logging.WARNING)
+    run_migrations()
+    say = (lambda _m: None) if json_output else typer.echo
+    with (
+        _Progress("unlearning", quiet=json_output) as bar,
+        _Progress("training demo model", quiet=json_output) as build_bar,
+    ):
+
+        def on_job(job: object) -> None:
+            step, total, status = job.step, job.total_steps, job.status  # type: ignore[attr-defined]
+            if status == "unlearning" and total:
+                bar.update(step, total, job.loss or 0.0)  # type: ignore[attr-defined]
+            elif status in ("verifying", "publishing"):
+                bar.close()
+                say(f"… {status}")
+
+        result = run_demo(size=size, say=say, on_job=on_job, build_progress=build_bar.update)
+    if json_output:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        _story(result)
+    if result["status"] != "completed":
+        raise typer.Exit(1)
+
+
+def _story(r: dict) -> None:  # type: ignore[type-arg]
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.0%}"
+
+    typer.echo("")
+    typer.echo(f"Request {r['request_id']}: {r['status']}")
+    typer.echo(
+        f"  {r['subject']}'s facts answered: {pct(r['forget_accuracy_before'])} before, "
+        f"{pct(r['forget_accuracy_after'])} after "
+        f"(never-seen people: {pct(r['holdout_accuracy'])})"
+    )
+    typer.echo(
+        f"  Everyone else's facts answered: {pct(r['retain_accuracy_before'])} before, "
+        f"{pct(r['retain_accuracy_after'])} after"
+    )
+    cert = r["certificate"]
+    if cert.get("id"):
+        verdict = "PASSED" if cert["passed"] else "FAILED"
+        typer.echo(f"  Certificate {cert['id']}: {verdict}, signed with key {cert['key_id']}")
+    if r.get("error"):
+        typer.echo(f"  Reason: {r['error']}")
+    typer.echo(f"  Took {r['seconds']:.0f} s in all. `lethe demo --json` prints the certificate.")
+
+
+@certificate_cli.command("verify")
+def certificate_verify(
+    file: Annotated[Path, typer.Argument(help="certificate JSON, or `lethe demo --json` output")],
+) -> None:
+    """Check a certificate's Ed25519 signature offline. Exit 0 when valid."""
+    from workers.engine.certificates import verify
+
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        typer.echo(f"invalid: cannot read {file}: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if isinstance(data, dict) and isinstance(data.get("certificate"), dict):
+        data = data["certificate"]
+    if isinstance(data, dict) and isinstance(data.get("envelope"), dict):
+        data = data["envelope"]
+    ok, reason = verify(data)
+    if not ok:
+        typer.echo(f"invalid: {reason}", err=True)
+        raise typer.Exit(1)
+    doc = json.loads(data["document"])
+    typer.echo(
+        f"valid: certificate {doc.get('certificate_id')} signed by key {data['key_id']}, "
+        f"verdict {doc.get('verdict')}"
+    )
+
+
+class _Progress:
+    """A one-line progress bar on stderr (nothing when quiet or not a terminal-ish use)."""
+
+    def __init__(self, label: str, quiet: bool = False) -> None:
+        self.label, self.quiet, self.open = label, quiet, False
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def update(self, step: int, total: int, loss: float) -> None:
+        if self.quiet or not total:
+            return
+        width = 30
+        filled = int(width * step / total)
+        sys.stderr.write(
+            f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
+            f"{step}/{total} loss {loss:.4f}"
+        )
+        sys.stderr.flush()
+        self.open = True
+
+    def close(self) -> None:
+        if self.open:
+            sys.stderr.write("\n")
+            self.open = False
+
+
+def _asdict(obj: object) -> dict:  # type: ignore[type-arg]
+    import dataclasses
+
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(vars(obj))  # type: ignore[arg-type]
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,198 @@
+"""Lethe's persistent state. Postgres (or SQLite when embedded) is the source of truth
+for every status, progress figure and claim; Celery only wakes workers."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db.base import Base, JSONType, UTCDateTime, new_id, utcnow
+
+
+class RequestStatus(enum.StrEnum):
+    received = "received"
+    queued = "queued"
+    unlearning = "unlearning"
+    verifying = "verifying"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+class JobStatus(enum.StrEnum):
+    queued = "queued"
+    unlearning = "unlearning"
+    verifying = "verifying"
+    publishing = "publishing"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+ACTIVE_JOB_STATUSES = (
+    JobStatus.queued,
+    JobStatus.unlearning,
+    JobStatus.verifying,
+    JobStatus.publishing,
+)
+
+
+class Model(Base):
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    base_path: Mapped[str] = mapped_column(Text)
+    base_sha256: Mapped[str] = mapped_column(String(64))
+    retain_path: Mapped[str] = mapped_column(Text)
+    holdout_path: Mapped[str] = mapped_column(Text)
+    prompt_template: Mapped[str] = mapped_column(Text)
+    unlearning_config: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    # bumped by the scheduler under the row lock, so two intakes cannot both start a job
+    schedule_seq: Mapped[int] = mapped_column(Integer, default=0)
+    production_version_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("model_versions.id", use_alter=True), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "number"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    model_id: Mapped[str] = mapped_column(String(36), ForeignKey("models.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    parent_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("model_versions.id"), nullable=True
+    )
+    # ordered adapter directories applied on top of the base weights, oldest first
+    adapter_chain: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    adapter_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # one version per job at most: a duplicate publish cannot create a second one
+    job_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("unlearning_jobs.id", use_alter=True), unique=True, nullable=True
+    )
+    certificate_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("certificates.id", use_alter=True), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UnlearningJob(Base):
+    __tablename__ = "unlearning_jobs"
+    __table_args__ = (Index("ix_unlearning_jobs_model_status", "model_id", "status"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    model_id: Mapped[str] = mapped_column(String(36), ForeignKey("models.id"))
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.queued)
+    method: Mapped[str] = mapped_column(String(40), default="npo")
+    config: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    parent_version_id: Mapped[str] = mapped_column(String(36), ForeignKey("model_versions.id"))
+    # the worker that holds the current stage; NULL = unclaimed. Writes by a worker are
+    # conditional on its token, so a worker that lost its claim cannot overwrite anything.
+    # heartbeat_at: last sign of life of the claim holder, or the time of the last
+    # transition while unclaimed; the maintenance loop acts on stale values.
+    claim_token: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int] = mapped_column(Integer, default=0)
+    loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    adapter_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    adapter_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    certificate_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("certificates.id", use_alter=True), nullable=True
+    )
+    published_version_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("model_versions.id"), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ErasureRequest(Base):
+    __tablename__ = "erasure_requests"
+    __table_args__ = (Index("ix_erasure_requests_model_status", "model_id", "status"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    model_id: Mapped[str] = mapped_column(String(36), ForeignKey("models.id"))
+    # keyed hash (HMAC-SHA256) of the caller's subject id; the raw id is never stored
+    subject_hash: Mapped[str] = mapped_column(String(64))
+    # AES-GCM ciphertext of the forget items; NULL once purged after publishing
+    forget_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # sha256 of each forget item's canonical JSON, kept for the certificate
+    forget_digests: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    item_count: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default=RequestStatus.received)
+    job_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("unlearning_jobs.id"), nullable=True, index=True
+    )
+    published_version_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("model_versions.id"), nullable=True
+    )
+    certificate_id: Mapped[str | None] = mapped_column(
+        String(36), ForeignKey("certificates.id"), nullable=True
+    )
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Certificate(Base):
+    __tablename__ = "certificates"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("unlearning_jobs.id"), index=True)
+    model_id: Mapped[str] = mapped_column(String(36), ForeignKey("models.id"))
+    passed: Mapped[bool] = mapped_column(Boolean)
+    # the statement exactly as signed (canonical JSON text) and its Ed25519 signature
+    document: Mapped[str] = mapped_column(Text)
+    signature: Mapped[str] = mapped_column(Text)
+    key_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(60))
+    entity_type: Mapped[str] = mapped_column(String(40))
+    entity_id: Mapped[str] = mapped_column(String(36), index=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+
+class OutboxMessage(Base):
+    """A task to send to the workers, written in the transaction that made it due and
+    sent after commit; unsent rows are retried, so no committed work is lost when the
+    broker is down."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(40))
+    job_id: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)

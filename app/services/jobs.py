@@ -1,0 +1,525 @@
+"""The pipeline's stages for one unlearning job: unlearn → verify → publish.
+
+Each stage is idempotent: it claims the job row (a conditional update that succeeds for
+one caller only), works, and finishes with a conditional transition that also enqueues
+the next stage. A duplicate delivery finds the job claimed or moved on and does nothing.
+A claim holder writes heartbeats; when they stop (the worker died), the maintenance loop
+releases the claim and re-enqueues the stage (see :mod:`app.services.recovery`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.db.base import utcnow
+from app.db.models import (
+    Certificate,
+    ErasureRequest,
+    JobStatus,
+    Model,
+    ModelVersion,
+    RequestStatus,
+    UnlearningJob,
+)
+from app.db.session import session_scope
+from app.services import audit, dispatch, privacy, scheduling
+from app.settings import get_settings
+
+log = logging.getLogger("lethe.jobs")
+
+# stage claims per job (a normal job takes two: unlearn, verify); restarts count too
+MAX_ATTEMPTS = 6
+PROGRESS_INTERVAL_S = 1.0
+
+
+class ClaimLost(Exception):  # noqa: N818 - a state, not an error of ours
+    """Another worker took this job's stage over (ours was presumed dead)."""
+
+
+@dataclass
+class Claim:
+    """A stage held by this process; heartbeats keep it alive while the stage runs."""
+
+    job_id: str
+    token: str
+    lost: threading.Event = field(default_factory=threading.Event)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _beat(self) -> None:
+        interval = max(0.5, get_settings().job_lease_s / 4)
+        while not self._stop.wait(interval):
+            try:
+                with session_scope() as session:
+                    res = session.execute(
+                        update(UnlearningJob)
+                        .where(
+                            UnlearningJob.id == self.job_id, UnlearningJob.claim_token == self.token
+                        )
+                        .values(heartbeat_at=utcnow())
+                        .returning(UnlearningJob.cancel_requested)
+                    ).first()
+                if res is None:
+                    self.lost.set()
+                    return
+                if res[0]:
+                    self.cancel.set()
+            except Exception as exc:  # database blip: the next beat tries again
+                log.warning("heartbeat for job %s failed: %s", self.job_id, exc)
+
+    def __enter__(self) -> Claim:
+        self._thread = threading.Thread(target=self._beat, name="lethe-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def _claim(job_id: str, statuses: tuple[JobStatus, ...], becomes: JobStatus) -> Claim | None:
+    """Take the unclaimed job if it is in one of ``statuses``; None if it is not ours."""
+    token = str(uuid.uuid4())
+    with session_scope() as session:
+        job = session.get(UnlearningJob, job_id)
+        if job is None or job.status not in statuses or job.claim_token is not None:
+            return None
+        if job.attempts >= MAX_ATTEMPTS and job.status == becomes:
+            _fail(session, job, f"gave up after {job.attempts} attempts at {becomes.value}")
+            return None
+        now = utcnow()
+        res = session.execute(
+            update(UnlearningJob)
+            .where(
+                UnlearningJob.id == job_id,
+                UnlearningJob.status == job.status,
+                UnlearningJob.claim_token.is_(None),
+            )
+            .values(
+                status=becomes,
+                claim_token=token,
+                heartbeat_at=now,
+                attempts=UnlearningJob.attempts + 1,
+                started_at=job.started_at or now,
+            )
+        )
+        if res.rowcount != 1:
+            return None
+        if job.status != becomes:
+            _set_requests(session, job_id, RequestStatus(becomes.value))
+            audit.record(session, f"job.{becomes.value}", "unlearning_job", job_id)
+    return Claim(job_id, token)
+
+
+def _set_requests(session: Session, job_id: str, status: RequestStatus, **values: Any) -> None:
+    requests = session.scalars(select(ErasureRequest).where(ErasureRequest.job_id == job_id))
+    for request in requests:
+        request.status = status
+        for key, value in values.items():
+            setattr(request, key, value)
+        audit.record(
+            session, f"request.{status.value}", "erasure_request", request.id, job_id=job_id
+        )
+
+
+def _transition(session: Session, claim: Claim, becomes: JobStatus, **values: Any) -> None:
+    """Finish the claimed stage: move to ``becomes`` and release the claim, or raise
+    :class:`ClaimLost` when the claim is no longer ours."""
+    res = session.execute(
+        update(UnlearningJob)
+        .where(UnlearningJob.id == claim.job_id, UnlearningJob.claim_token == claim.token)
+        .values(status=becomes, claim_token=None, heartbeat_at=utcnow(), **values)
+    )
+    if res.rowcount != 1:
+        raise ClaimLost(claim.job_id)
+    audit.record(session, f"job.{becomes.value}", "unlearning_job", claim.job_id)
+
+
+def _fail(session: Session, job: UnlearningJob, reason: str) -> None:
+    job.status = JobStatus.failed
+    job.error = reason
+    job.claim_token = None
+    job.finished_at = utcnow()
+    _set_requests(session, job.id, RequestStatus.failed, error=reason)
+    audit.record(session, "job.failed", "unlearning_job", job.id, reason=reason[:500])
+    scheduling.schedule(session, job.model_id)
+
+
+def _fail_claimed(claim: Claim, reason: str) -> None:
+    with session_scope() as session:
+        job = session.get(UnlearningJob, claim.job_id)
+        if job is not None and job.claim_token == claim.token:
+            _fail(session, job, reason)
+    dispatch.flush_outbox()
+
+
+@dataclass
+class JobInputs:
+    model: Model
+    parent: ModelVersion
+    job: UnlearningJob
+    forget_rows: list[dict[str, Any]]
+
+
+def _inputs(job_id: str) -> JobInputs:
+    with session_scope() as session:
+        job = session.get(UnlearningJob, job_id)
+        assert job is not None
+        model = session.get(Model, job.model_id)
+        parent = session.get(ModelVersion, job.parent_version_id)
+        assert model is not None and parent is not None
+        rows: list[dict[str, Any]] = []
+        for request in session.scalars(
+            select(ErasureRequest).where(ErasureRequest.job_id == job_id)
+        ):
+            if request.forget_ciphertext is None:
+                raise RuntimeError(f"forget payload of request {request.id} is gone")
+            rows.extend(privacy.decrypt_items(request.forget_ciphertext, request.id))
+        session.expunge_all()
+    return JobInputs(model, parent, job, rows)
+
+
+def _examples(inputs: JobInputs) -> tuple[list[Any], list[Any], list[Any]]:
+    """Forget, retain and holdout examples. Retain = the model's retain corpus less any
+    item the batch asks to forget (same question or same text)."""
+    from workers.engine.qa import PromptTemplate, examples_from_rows, load_jsonl
+
+    template = PromptTemplate(inputs.model.prompt_template)
+    forget = examples_from_rows(inputs.forget_rows, template)
+    erased = {r.get("question") or r.get("text") for r in inputs.forget_rows}
+    retain_rows = [
+        r
+        for r in load_jsonl(inputs.model.retain_path)
+        if (r.get("question") or r.get("text")) not in erased
+    ]
+    retain = examples_from_rows(retain_rows, template)
+    holdout = examples_from_rows(load_jsonl(inputs.model.holdout_path), template)
+    return forget, retain, holdout
+
+
+def _npo_config(config: dict[str, Any]) -> Any:
+    from workers.engine.unlearn import NPOConfig
+
+    known = set(NPOConfig.__dataclass_fields__)
+    return NPOConfig(**{k: v for k, v in config.items() if k in known})
+
+
+def run_unlearn(job_id: str) -> None:
+    """Stage 1: train the LoRA adapter that forgets the batch; then enqueue verify."""
+    claim = _claim(job_id, (JobStatus.queued, JobStatus.unlearning), JobStatus.unlearning)
+    if claim is None:
+        return
+    from workers.engine.unlearn import Cancelled, unlearn
+    from workers.engine.versions import load_version
+
+    settings = get_settings()
+    with claim:
+        try:
+            inputs = _inputs(job_id)
+            forget, retain, _ = _examples(inputs)
+            model, tokenizer = load_version(
+                inputs.model.base_path, inputs.parent.adapter_chain, device=settings.device
+            )
+            out_dir = (
+                settings.data_dir
+                / "adapters"
+                / inputs.model.name
+                / job_id
+                / f"attempt-{inputs.job.attempts}"
+            ).resolve()
+            last = [0.0]
+
+            def on_progress(step: int, total: int, loss: float) -> bool:
+                if claim.lost.is_set() or claim.cancel.is_set():
+                    return False
+                now = time.monotonic()
+                if now - last[0] >= PROGRESS_INTERVAL_S or step == total:
+                    last[0] = now
+                    with session_scope() as session:
+                        session.execute(
+                            update(UnlearningJob)
+                            .where(
+                                UnlearningJob.id == job_id, UnlearningJob.claim_token == claim.token
+                            )
+                            .values(
+                                step=step,
+                                total_steps=total,
+                                loss=float(loss),
+                                heartbeat_at=utcnow(),
+                            )
+                        )
+                return True
+
+            result = unlearn(
+                model,
+                tokenizer,
+                forget,
+                retain,
+                _npo_config(inputs.job.config),
+                out_dir,
+                on_progress,
+            )
+        except Cancelled:
+            if claim.lost.is_set():
+                return
+            with session_scope() as session:
+                job = session.get(UnlearningJob, job_id)
+                if job is not None and job.claim_token == claim.token:
+                    job.status = JobStatus.cancelled
+                    job.claim_token = None
+                    job.finished_at = utcnow()
+                    _set_requests(session, job_id, RequestStatus.cancelled)
+                    audit.record(session, "job.cancelled", "unlearning_job", job_id)
+                    scheduling.schedule(session, job.model_id)
+            dispatch.flush_outbox()
+            return
+        except Exception as exc:
+            log.exception("unlearning job %s failed", job_id)
+            _fail_claimed(claim, f"unlearning failed: {type(exc).__name__}: {exc}")
+            return
+        with session_scope() as session:
+            summary = result.to_dict()
+            summary.pop("loss_history", None)
+            _transition(
+                session,
+                claim,
+                JobStatus.verifying,
+                adapter_path=result.adapter_dir,
+                adapter_sha256=result.adapter_sha256,
+                step=result.steps,
+                total_steps=result.steps,
+                loss=result.final_loss,
+                metrics={"unlearning": summary},
+            )
+            dispatch.enqueue(session, "verify", job_id)
+    dispatch.flush_outbox()
+
+
+def run_verify(job_id: str) -> None:
+    """Stage 2: measure parent and candidate, judge, sign the certificate; on pass
+    enqueue publish, on failure fail the job with its evidence."""
+    claim = _claim(job_id, (JobStatus.verifying,), JobStatus.verifying)
+    if claim is None:
+        return
+    from workers.engine import certificates
+    from workers.engine.unlearn import ADAPTER_WEIGHTS
+    from workers.engine.verify import judge, measure
+    from workers.engine.versions import load_version, sha256_file
+
+    settings = get_settings()
+    with claim:
+        try:
+            inputs = _inputs(job_id)
+            job = inputs.job
+            assert job.adapter_path and job.adapter_sha256
+            on_disk = sha256_file(Path(job.adapter_path) / ADAPTER_WEIGHTS)
+            if on_disk != job.adapter_sha256:
+                _fail_claimed(
+                    claim,
+                    f"adapter on disk ({on_disk}) is not the one trained ({job.adapter_sha256})",
+                )
+                return
+            forget, retain, holdout = _examples(inputs)
+            chain = list(inputs.parent.adapter_chain)
+            parent_model, tokenizer = load_version(
+                inputs.model.base_path, chain, device=settings.device
+            )
+            before = measure(parent_model, tokenizer, forget, retain, holdout)
+            del parent_model
+            candidate, tokenizer = load_version(
+                inputs.model.base_path, [*chain, job.adapter_path], device=settings.device
+            )
+            after = measure(candidate, tokenizer, forget, retain, holdout)
+            verdict = judge(before, after)
+            with session_scope() as session:
+                requests = list(
+                    session.scalars(select(ErasureRequest).where(ErasureRequest.job_id == job_id))
+                )
+                document = {
+                    "certificate_id": str(uuid.uuid4()),
+                    "issued_at": utcnow().isoformat(),
+                    "model": {
+                        "id": inputs.model.id,
+                        "name": inputs.model.name,
+                        "base_sha256": inputs.model.base_sha256,
+                    },
+                    "parent_version": {
+                        "id": inputs.parent.id,
+                        "number": inputs.parent.number,
+                        "adapter_chain_sha256": _chain_digests(session, inputs.parent),
+                    },
+                    "job_id": job_id,
+                    "method": job.method,
+                    "config": job.metrics.get("unlearning", {}).get("config", {}),
+                    "adapter_sha256": job.adapter_sha256,
+                    "requests": [
+                        {
+                            "id": r.id,
+                            "subject_hash": r.subject_hash,
+                            "forget_item_sha256": r.forget_digests,
+                        }
+                        for r in requests
+                    ],
+                    "metrics": verdict.metrics,
+                    "thresholds": verdict.thresholds,
+                    "policy": verdict.policy,
+                    "verdict": "passed" if verdict.passed else "failed",
+                    "reasons": verdict.reasons,
+                    "passed": verdict.passed,
+                }
+                key = certificates.load_or_create_signing_key(settings.data_dir / "keys")
+                envelope = certificates.sign(document, key)
+                cert = Certificate(
+                    id=document["certificate_id"],
+                    job_id=job_id,
+                    model_id=inputs.model.id,
+                    passed=verdict.passed,
+                    document=envelope["document"],
+                    signature=envelope["signature"],
+                    key_id=key.key_id,
+                )
+                session.add(cert)
+                session.flush()
+                audit.record(
+                    session,
+                    "certificate.issued",
+                    "certificate",
+                    cert.id,
+                    job_id=job_id,
+                    passed=verdict.passed,
+                )
+                metrics = {
+                    **job.metrics,
+                    "verification": verdict.to_dict(),
+                    "verification_seconds": before.seconds + after.seconds,
+                }
+                if verdict.passed:
+                    _transition(
+                        session,
+                        claim,
+                        JobStatus.publishing,
+                        certificate_id=cert.id,
+                        metrics=metrics,
+                    )
+                    dispatch.enqueue(session, "publish", job_id)
+                else:
+                    _transition(
+                        session,
+                        claim,
+                        JobStatus.failed,
+                        certificate_id=cert.id,
+                        metrics=metrics,
+                        error="; ".join(verdict.reasons),
+                        finished_at=utcnow(),
+                    )
+                    _set_requests(
+                        session,
+                        job_id,
+                        RequestStatus.failed,
+                        error="verification failed: " + "; ".join(verdict.reasons),
+                        certificate_id=cert.id,
+                    )
+                    scheduling.schedule(session, inputs.model.id)
+        except ClaimLost:
+            return
+        except Exception as exc:
+            log.exception("verification of job %s failed", job_id)
+            _fail_claimed(claim, f"verification failed: {type(exc).__name__}: {exc}")
+            return
+    dispatch.flush_outbox()
+
+
+def _chain_digests(session: Session, version: ModelVersion) -> list[str]:
+    """sha256 of each adapter in ``version``'s chain, oldest first, from its lineage."""
+    digests: list[str] = []
+    current: ModelVersion | None = version
+    while current is not None and current.adapter_sha256:
+        digests.append(current.adapter_sha256)
+        current = session.get(ModelVersion, current.parent_id) if current.parent_id else None
+    return digests[::-1]
+
+
+def run_publish(job_id: str) -> None:
+    """Stage 3, one transaction: new version, ``production`` moves, requests complete,
+    forget payloads purged (their digests stay for the certificate)."""
+    with session_scope() as session:
+        res = session.execute(
+            update(UnlearningJob)
+            .where(UnlearningJob.id == job_id, UnlearningJob.status == JobStatus.publishing)
+            .values(
+                status=JobStatus.completed,
+                claim_token=None,
+                finished_at=utcnow(),
+                heartbeat_at=utcnow(),
+            )
+        )
+        if res.rowcount != 1:
+            return
+        job = session.get(UnlearningJob, job_id)
+        assert job is not None
+        model = session.get(Model, job.model_id)
+        parent = session.get(ModelVersion, job.parent_version_id)
+        assert model is not None and parent is not None and job.adapter_path
+        number = (
+            session.scalar(
+                select(ModelVersion.number)
+                .where(ModelVersion.model_id == model.id)
+                .order_by(ModelVersion.number.desc())
+                .limit(1)
+            )
+            or 0
+        ) + 1
+        version = ModelVersion(
+            model_id=model.id,
+            number=number,
+            parent_id=parent.id,
+            adapter_chain=[*parent.adapter_chain, job.adapter_path],
+            adapter_sha256=job.adapter_sha256,
+            job_id=job.id,
+            certificate_id=job.certificate_id,
+        )
+        session.add(version)
+        session.flush()
+        model.production_version_id = version.id
+        job.published_version_id = version.id
+        _set_requests(
+            session,
+            job_id,
+            RequestStatus.completed,
+            completed_at=utcnow(),
+            published_version_id=version.id,
+            certificate_id=job.certificate_id,
+            forget_ciphertext=None,
+        )
+        audit.record(session, "job.completed", "unlearning_job", job_id)
+        audit.record(
+            session,
+            "version.published",
+            "model_version",
+            version.id,
+            model_id=model.id,
+            number=number,
+            job_id=job_id,
+        )
+        scheduling.schedule(session, model.id)
+    dispatch.flush_outbox()
+
+
+STAGES = {"unlearn": run_unlearn, "verify": run_verify, "publish": run_publish}
+STAGE_OF_STATUS = {
+    JobStatus.queued: "unlearn",
+    JobStatus.unlearning: "unlearn",
+    JobStatus.verifying: "verify",
+    JobStatus.publishing: "publish",
+}

@@ -1,0 +1,70 @@
+"""Scheduling: pending requests of one model are batched into one job, earliest due first.
+One job per model is active at a time, so every job starts from the version the previous
+one published; requests that arrive meanwhile wait for the next batch."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.db.base import utcnow
+from app.db.models import (
+    ACTIVE_JOB_STATUSES,
+    ErasureRequest,
+    Model,
+    RequestStatus,
+    UnlearningJob,
+)
+from app.services import audit, dispatch
+from app.settings import get_settings
+
+
+def schedule(session: Session, model_id: str) -> UnlearningJob | None:
+    """Start a job for the model's pending requests unless one is active. Call inside the
+    transaction that changed the model's requests or jobs."""
+    # Taking the model's row lock (a write on both PostgreSQL and SQLite) serialises
+    # concurrent schedulers for the same model.
+    session.execute(
+        update(Model).where(Model.id == model_id).values(schedule_seq=Model.schedule_seq + 1)
+    )
+    active = session.scalar(
+        select(UnlearningJob.id).where(
+            UnlearningJob.model_id == model_id,
+            UnlearningJob.status.in_([s.value for s in ACTIVE_JOB_STATUSES]),
+        )
+    )
+    if active:
+        return None
+    pending = list(
+        session.scalars(
+            select(ErasureRequest)
+            .where(
+                ErasureRequest.model_id == model_id,
+                ErasureRequest.status == RequestStatus.received,
+            )
+            .order_by(ErasureRequest.due_at, ErasureRequest.received_at)
+            .limit(get_settings().max_batch_size)
+        )
+    )
+    if not pending:
+        return None
+    model = session.get(Model, model_id)
+    assert model is not None and model.production_version_id is not None
+    job = UnlearningJob(
+        model_id=model_id,
+        parent_version_id=model.production_version_id,
+        method=str(model.unlearning_config.get("method", "npo")),
+        config=dict(model.unlearning_config),
+        heartbeat_at=utcnow(),
+    )
+    session.add(job)
+    session.flush()
+    for request in pending:
+        request.status = RequestStatus.queued
+        request.job_id = job.id
+        audit.record(session, "request.queued", "erasure_request", request.id, job_id=job.id)
+    audit.record(
+        session, "job.queued", "unlearning_job", job.id, model_id=model_id, requests=len(pending)
+    )
+    dispatch.enqueue(session, "unlearn", job.id)
+    return job

@@ -1,0 +1,255 @@
+"""Question/answer items, prompt templates and the token-level primitives every engine
+stage shares: training the demo model, unlearning, verification and generation all
+encode text through here, so the model is always scored on exactly what it was taught.
+
+An :class:`Example` is what the model sees (``prompt``) and what it is scored on
+(``target``). A question/answer pair renders its prompt through the model's
+:class:`PromptTemplate`; a raw text item is split into a prefix prompt and a suffix target.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULT_TEMPLATE = "Question: {question}\nAnswer: {answer}"
+CHAT_TEMPLATE = "chat"  # use the tokenizer's own chat template
+
+
+@dataclass(frozen=True)
+class Example:
+    """One item to learn, forget or measure: the model reads ``prompt`` and is scored on
+    ``target`` (followed by the end-of-sequence token)."""
+
+    prompt: str
+    target: str
+    subject: str | None = None
+    question: str | None = None
+    paraphrased_prompts: tuple[str, ...] = field(default_factory=tuple)
+
+
+class PromptTemplate:
+    """Renders a question the way a model was trained: ``"...{question}...{answer}"`` with
+    ``{answer}`` last, or ``"chat"`` for the tokenizer's chat template."""
+
+    def __init__(self, template: str = DEFAULT_TEMPLATE, tokenizer: Any = None) -> None:
+        if template != CHAT_TEMPLATE:
+            validate_template(template)
+        elif tokenizer is None:
+            raise ValueError("the chat template needs the tokenizer")
+        self.template = template
+        self.tokenizer = tokenizer
+
+    def prompt(self, question: str) -> str:
+        if self.template == CHAT_TEMPLATE:
+            return str(
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": question}],
+                    add_generation_prompt=True,
+                    tokenize=False,
+                )
+            )
+        head = self.template.split("{answer}", 1)[0]
+        return head.replace("{question}", question)
+
+    def example(
+        self,
+        question: str,
+        answer: str,
+        subject: str | None = None,
+        paraphrased_questions: Sequence[str] = (),
+    ) -> Example:
+        return Example(
+            prompt=self.prompt(question),
+            target=answer,
+            subject=subject,
+            question=question,
+            paraphrased_prompts=tuple(self.prompt(q) for q in paraphrased_questions),
+        )
+
+
+def validate_template(template: str) -> None:
+    """Raise ``ValueError`` unless the template has ``{question}`` then ``{answer}`` last."""
+    if template == CHAT_TEMPLATE:
+        return
+    if template.count("{question}") != 1 or template.count("{answer}") != 1:
+        raise ValueError("template must contain {question} and {answer} exactly once")
+    if template.index("{question}") > template.index("{answer}"):
+        raise ValueError("{question} must come before {answer}")
+    if template.split("{answer}", 1)[1].strip():
+        raise ValueError("{answer} must end the template")
+
+
+def text_example(text: str, subject: str | None = None) -> Example:
+    """A raw text item: the first half of its words prompts, the second half is scored."""
+    words = text.split()
+    if len(words) < 2:
+        return Example(prompt="", target=text.strip(), subject=subject)
+    cut = max(1, len(words) // 2)
+    return Example(prompt=" ".join(words[:cut]) + " ", target=" ".join(words[cut:]),
+                   subject=subject)
+
+
+def examples_from_rows(rows: Iterable[dict[str, Any]], template: PromptTemplate) -> list[Example]:
+    """Rows with ``question``/``answer`` (optionally ``subject``, ``paraphrased_questions``)
+    or with ``text``, as the corpora and erasure requests carry them."""
+    out: list[Example] = []
+    for row in rows:
+        subject = row.get("subject")
+        if row.get("question") is not None:
+            out.append(
+                template.example(
+                    row["question"],
+                    row["answer"],
+                    subject=subject,
+                    paraphrased_questions=row.get("paraphrased_questions") or (),
+                )
+            )
+        elif row.get("text") is not None:
+            out.append(text_example(row["text"], subject=subject))
+        else:
+            raise ValueError("each item needs question and answer, or text")
+    return out
+
+
+def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                rows.append(json.loads(line))
+    return rows
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    ids: list[int] = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
+    bos = tokenizer.bos_token_id
+    if bos is not None and (not ids or ids[0] != bos):
+        ids = [bos, *ids]
+    return ids
+
+
+def _target_ids(tokenizer: Any, target: str) -> list[int]:
+    ids: list[int] = tokenizer(target, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        ids = [*ids, tokenizer.eos_token_id]
+    return ids
+
+
+def encode(
+    tokenizer: Any, examples: Sequence[Example], max_length: int = 256
+) -> dict[str, torch.Tensor]:
+    """Right-padded batch with ``labels`` = target tokens (+ EOS) and -100 elsewhere.
+
+    Prompt and target are tokenised separately so that the target's tokens are the same
+    whatever the prompt; long prompts are cut from the left, the target is kept whole
+    as far as ``max_length`` allows.
+    """
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rows: list[tuple[list[int], list[int]]] = []
+    for ex in examples:
+        p, t = _prompt_ids(tokenizer, ex.prompt), _target_ids(tokenizer, ex.target)
+        t = t[:max_length]
+        p = p[-(max_length - len(t)) :] if max_length - len(t) > 0 else []
+        rows.append((p, t))
+    width = max(len(p) + len(t) for p, t in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (p, t) in enumerate(rows):
+        n = len(p) + len(t)
+        input_ids[i, :n] = torch.tensor(p + t)
+        labels[i, len(p) : n] = torch.tensor(t)
+        attention[i, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probabilities of the labels (shifted), and the mask of scored tokens.
+
+    Returns ``(logp, mask)`` of shape ``[batch, seq-1]``; ``logp`` is 0 where unscored.
+    """
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != -100
+    safe = shift_labels.clamp(min=0)
+    logp = torch.log_softmax(shift_logits, dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    return logp * mask, mask
+
+
+def sequence_logprob(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed target log-likelihood per example and the number of target tokens."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    logp, mask = token_logprobs(out.logits, batch["labels"])
+    return logp.sum(-1), mask.sum(-1)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def greedy_generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 32,
+    batch_size: int = 32,
+) -> list[str]:
+    """Greedy continuations of each prompt, decoded up to (not including) EOS."""
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id
+    results: list[str] = []
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(prompts), batch_size):
+        chunk = [_prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
+        width = max(len(c) for c in chunk)
+        # left padding so every row's next token sits in the last column
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, c in enumerate(chunk):
+            ids[i, width - len(c) :] = torch.tensor(c)
+            attn[i, width - len(c) :] = 1
+        ids, attn = ids.to(device), attn.to(device)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=attn,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=eos,
+        )
+        for row in out[:, width:].tolist():
+            if eos is not None and eos in row:
+                row = row[: row.index(eos)]
+            results.append(tokenizer.decode(row, skip_special_tokens=True))
+    model.train(was_training)
+    return results
+
+
+_WS = re.compile(r"\s+")
+
+
+def normalise(text: str) -> str:
+    return _WS.sub(" ", text).strip().strip(".").strip().lower()
+
+
+def answer_correct(generated: str, target: str) -> bool:
+    """A greedy answer counts as correct when it reproduces the target: equal after
+    normalising case, whitespace and a final full stop, or starting with it."""
+    g, t = normalise(generated), normalise(target)
+    return bool(t) and (g == t or g.startswith(t + " ") or g.startswith(t + ","))
