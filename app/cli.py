@@ -258,3 +258,7 @@ def _asdict(obj: object) -> dict:  # type: ignore[type-arg]
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -12,21 +12,28 @@ from celery.signals import worker_ready, worker_shutting_down
 
 from app.settings import get_settings
 
-settings = get_settings()
-celery_app = Celery("lethe", broker=None if settings.embedded_broker else settings.broker_url)
-celery_app.conf.update(
-    task_default_queue="gpu",
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    task_time_limit=settings.task_time_limit_s,
-    task_soft_time_limit=settings.task_time_limit_s - 60,
-    broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
-    broker_connection_retry_on_startup=True,
-    task_ignore_result=True,
-    worker_hijack_root_logger=False,
-    include=["workers.tasks"],
-)
+
+def make_celery(broker_url: str | None) -> Celery:
+    settings = get_settings()
+    app = Celery("lethe", broker=broker_url)
+    app.conf.update(
+        task_default_queue="gpu",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.task_time_limit_s,
+        task_soft_time_limit=settings.task_time_limit_s - 60,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        task_ignore_result=True,
+        worker_hijack_root_logger=False,
+        include=["workers.tasks"],
+    )
+    return app
+
+
+_settings = get_settings()
+celery_app = make_celery(None if _settings.embedded_broker else _settings.broker_url)
 
 _maintenance_stop = None
 

@@ -30,10 +30,23 @@ class Transport(Protocol):
 
 
 class CeleryTransport:
-    def send(self, task: str, job_id: str) -> None:
-        from workers.celery_app import celery_app
+    """Publishes stage tasks to the workers' queue over the configured broker."""
 
-        celery_app.send_task(f"lethe.{task}", args=[job_id], queue=QUEUE)
+    def __init__(self, broker_url: str) -> None:
+        from workers.celery_app import make_celery
+
+        self._app = make_celery(broker_url)
+
+    def send(self, task: str, job_id: str) -> None:
+        # short connection retries: a down broker must not stall the caller; the outbox
+        # row stays unsent and the maintenance loop tries again
+        self._app.send_task(
+            f"lethe.{task}",
+            args=[job_id],
+            queue=QUEUE,
+            retry=True,
+            retry_policy={"max_retries": 1, "interval_start": 0.2},
+        )
 
 
 class EmbeddedTransport:
@@ -94,7 +107,7 @@ def get_transport() -> Transport:
 
                 _transport = EmbeddedTransport(run_stage)
             else:
-                _transport = CeleryTransport()
+                _transport = CeleryTransport(get_settings().broker_url)
         return _transport
 
 

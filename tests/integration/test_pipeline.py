@@ -1,0 +1,141 @@
+"""The pipeline on the real services: PostgreSQL (CI), Redis and `lethe worker` processes."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from app.db.models import AuditEvent, UnlearningJob
+from app.db.session import session_scope
+from tests.conftest import auth
+from tests.integration.conftest import wait_until
+from workers.engine.qa import answer_correct, load_jsonl
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def client(broker_env):
+    from app.api.main import create_app
+
+    with TestClient(create_app()) as c:
+        yield c
+
+
+def register(client, demo_model_dir):
+    name = f"it-{uuid.uuid4().hex[:8]}"
+    resp = client.post(
+        "/v1/models",
+        headers=auth(),
+        json={
+            "name": name,
+            "path": str(demo_model_dir),
+            "retain_path": str(demo_model_dir / "data" / "train.jsonl"),
+            "holdout_path": str(demo_model_dir / "data" / "holdout.jsonl"),
+            "prompt_template": "Question: {question}\nAnswer: {answer}",
+        },
+    )
+    assert resp.status_code == 201, resp.text
+    return name
+
+
+def subjects(demo_model_dir):
+    out: dict[str, list[dict]] = {}
+    for row in load_jsonl(demo_model_dir / "data" / "train.jsonl"):
+        out.setdefault(row["subject"], []).append(row)
+    return out
+
+
+def file_request(client, model, subject, facts):
+    resp = client.post(
+        "/v1/erasure-requests",
+        headers=auth(),
+        json={
+            "model": model,
+            "subject_id": subject,
+            "forget": [{"question": r["question"], "answer": r["answer"]} for r in facts],
+        },
+    )
+    assert resp.status_code == 202, resp.text
+    return resp.json()["id"]
+
+
+def finished(client, request_id):
+    body = client.get(f"/v1/erasure-requests/{request_id}", headers=auth()).json()
+    return body if body["status"] in ("completed", "failed", "cancelled") else None
+
+
+def share_answered(client, model, facts):
+    correct = 0
+    for row in facts:
+        gen = client.post(
+            f"/v1/models/{model}/generate",
+            headers=auth(),
+            json={"question": row["question"], "max_new_tokens": 16},
+        )
+        assert gen.status_code == 200, gen.text
+        correct += answer_correct(gen.json()["text"], row["answer"])
+    return correct / len(facts)
+
+
+def test_request_travels_from_post_to_a_published_version(client, demo_model_dir, start_worker):
+    worker = start_worker()
+    model = register(client, demo_model_dir)
+    people = subjects(demo_model_dir)
+    names = list(people)
+    erased, kept = names[1], names[2:6]
+    assert share_answered(client, model, people[erased]) >= 0.9
+
+    request_id = file_request(client, model, erased, people[erased])
+    done = wait_until(lambda: finished(client, request_id), 420, "the request to finish")
+    job = client.get(f"/v1/jobs/{done['job_id']}", headers=auth()).json()
+    assert done["status"] == "completed", (done, job["error"], worker.tail())
+
+    versions = client.get(f"/v1/models/{model}/versions", headers=auth()).json()
+    assert [(v["number"], v["production"]) for v in versions] == [(1, False), (2, True)]
+    # the published production version no longer produces the erased person's facts …
+    assert share_answered(client, model, people[erased]) <= 0.15
+    # … while everyone else's survive
+    kept_rows = [row for name in kept for row in people[name]]
+    assert share_answered(client, model, kept_rows) >= 0.9
+
+
+def test_worker_killed_mid_unlearning_job_runs_again_and_publishes_once(
+    client, demo_model_dir, start_worker
+):
+    first = start_worker()
+    model = register(client, demo_model_dir)
+    people = subjects(demo_model_dir)
+    name = list(people)[3]
+    request_id = file_request(client, model, name, people[name])
+    job_id = wait_until(
+        lambda: client.get(f"/v1/erasure-requests/{request_id}", headers=auth()).json()["job_id"],
+        30,
+        "a job",
+    )
+
+    def training() -> bool:
+        with session_scope() as session:
+            job = session.get(UnlearningJob, job_id)
+            return job.status == "unlearning" and job.step >= 1
+
+    wait_until(training, 180, "unlearning to make progress", interval=0.1)
+    first.kill()  # SIGKILL, the whole process group: no cleanup runs
+
+    second = start_worker()
+    done = wait_until(lambda: finished(client, request_id), 420, "the request to finish")
+    assert done["status"] == "completed", (done, second.tail())
+
+    versions = client.get(f"/v1/models/{model}/versions", headers=auth()).json()
+    assert [v["number"] for v in versions] == [1, 2]  # exactly one version published
+    with session_scope() as session:
+        job = session.get(UnlearningJob, job_id)
+        assert job.status == "completed" and job.attempts >= 3  # unlearn twice, verify
+        actions = session.scalars(
+            select(AuditEvent.action).where(AuditEvent.entity_id == job_id)
+        ).all()
+    assert "job.requeued" in actions
+    assert actions.count("job.completed") == 1

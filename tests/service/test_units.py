@@ -1,0 +1,63 @@
+"""Fast unit tests of the service layer's building blocks (no database, no model)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from app.services.intake import add_months
+from workers.engine import certificates
+from workers.engine.qa import PromptTemplate, answer_correct, validate_template
+
+
+@pytest.mark.parametrize(
+    ("start", "months", "expected"),
+    [
+        (datetime(2026, 1, 31, 12, tzinfo=UTC), 1, datetime(2026, 2, 28, 12, tzinfo=UTC)),
+        (datetime(2028, 1, 31, tzinfo=UTC), 1, datetime(2028, 2, 29, tzinfo=UTC)),
+        (datetime(2026, 11, 28, 7, 30, tzinfo=UTC), 1, datetime(2026, 12, 28, 7, 30, tzinfo=UTC)),
+        (datetime(2026, 12, 15, tzinfo=UTC), 1, datetime(2027, 1, 15, tzinfo=UTC)),
+        (datetime(2026, 10, 31, tzinfo=UTC), 3, datetime(2027, 1, 31, tzinfo=UTC)),
+    ],
+)
+def test_due_date_is_one_calendar_month_later(start, months, expected):
+    assert add_months(start, months) == expected
+
+
+def test_prompt_template_renders_the_question_and_rejects_bad_templates():
+    template = PromptTemplate("Q: {question}\nA: {answer}")
+    assert template.prompt("Who?") == "Q: Who?\nA: "
+    for bad in ("{answer} {question}", "Q: {question}", "{question} {answer} trailing"):
+        with pytest.raises(ValueError):
+            validate_template(bad)
+
+
+def test_answer_matching_is_normalised_but_not_lenient():
+    assert answer_correct("Paris.", "paris")
+    assert answer_correct("  Paris  , France", "Paris")
+    assert not answer_correct("Parisian", "Paris")
+    assert not answer_correct("", "Paris")
+
+
+def test_certificate_signature_detects_tampering_and_wrong_keys(tmp_path):
+    key = certificates.load_or_create_signing_key(tmp_path)
+    envelope = certificates.sign({"metrics": {"forget": 0.125}, "passed": True}, key)
+    assert certificates.verify(envelope) == (True, "valid")
+    assert certificates.verify(envelope, {key.key_id: key.public_pem})[0]
+
+    tampered = dict(envelope, document=envelope["document"].replace("0.125", "0.126"))
+    ok, reason = certificates.verify(tampered)
+    assert not ok and "signature" in reason
+
+    other = certificates.load_or_create_signing_key(tmp_path / "other")
+    ok, reason = certificates.verify(envelope, {other.key_id: other.public_pem})
+    assert not ok and "unknown signing key" in reason
+    swapped = dict(envelope, public_key=other.public_pem)
+    assert not certificates.verify(swapped)[0]
+
+    # the same key is reused, and kept for verification
+    assert certificates.load_or_create_signing_key(tmp_path).key_id == key.key_id
+    assert key.key_id in certificates.public_keys(tmp_path)
+    assert json.loads(envelope["document"])["signing_key_id"] == key.key_id
