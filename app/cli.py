@@ -26,17 +26,11 @@ def _logging(level: int = logging.INFO) -> None:
 
 
 def run_migrations() -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    import migrations
+    from app.db.migrate import upgrade_to_head
 
     settings = get_settings()
     settings.ensure_dirs()
-    config = Config()
-    config.set_main_option("script_location", str(Path(list(migrations.__path__)[0])))
-    config.set_main_option("sqlalchemy.url", settings.resolved_database_url)
-    command.upgrade(config, "head")
+    upgrade_to_head(settings.resolved_database_url)
 
 
 @cli.command()
