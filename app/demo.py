@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from app.db.models import Certificate, ErasureRequest, Model, UnlearningJob
+from app.db.models import DEFAULT_TENANT_ID, Certificate, ErasureRequest, Model, UnlearningJob
 from app.db.session import session_scope
 from app.services import dispatch, intake, privacy, registry
 from app.settings import get_settings
@@ -44,12 +44,15 @@ def ensure_demo_model(
 def ensure_registered(model_dir: Path) -> Model:
     meta = json.loads((model_dir / "lethe-demo.json").read_text())
     with session_scope() as session:
-        existing = session.scalar(select(Model).where(Model.name == DEMO_MODEL))
+        existing = session.scalar(
+            select(Model).where(Model.tenant_id == DEFAULT_TENANT_ID, Model.name == DEMO_MODEL)
+        )
         if existing is not None and existing.base_path == str(model_dir):
             return existing
         name = DEMO_MODEL if existing is None else f"{DEMO_MODEL}-{int(time.time())}"
         return registry.register_model(
             session,
+            DEFAULT_TENANT_ID,
             name=name,
             path=str(model_dir),
             retain_path=str(model_dir / "data" / "train.jsonl"),
@@ -97,7 +100,12 @@ def run_demo(
         say(f"  Q: {fact['question']}  A: {fact['answer']}")
     with session_scope() as session:
         request = intake.submit_erasure_request(
-            session, model_name=model.name, subject_id=subject, forget=facts, actor="demo"
+            session,
+            DEFAULT_TENANT_ID,
+            model_name=model.name,
+            subject_id=subject,
+            forget=facts,
+            actor="demo",
         )
         request_id = request.id
     dispatch.flush_outbox()

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from app.db.models import Scope
 from app.db.session import get_sessionmaker
-from app.settings import get_settings
+from app.services.tenancy import Principal, authenticate
 
 _bearer = HTTPBearer(auto_error=False, description="an API key")
 
 
 def get_session() -> Iterator[Session]:
-    """One transaction per HTTP request: committed by the route's service call site,
-    rolled back if the route raises."""
+    """One session per HTTP request; the route commits, anything else rolls back."""
     session = get_sessionmaker()()
     try:
         yield session
@@ -29,23 +28,40 @@ def get_session() -> Iterator[Session]:
         session.close()
 
 
-def get_caller(
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_principal(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> str:
-    """The authenticated caller's name for the audit log."""
+    session: SessionDep,
+) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "missing Bearer API key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    expected = get_settings().resolved_admin_key()
-    if not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
+    principal = authenticate(session, credentials.credentials)
+    if principal is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "invalid API key", headers={"WWW-Authenticate": "Bearer"}
         )
-    return "admin"
+    return principal
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
-CallerDep = Annotated[str, Depends(get_caller)]
+def require(scope: Scope) -> Callable[[Principal], Principal]:
+    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        if not principal.allows(scope.value):
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, f"this API key lacks the {scope.value!r} scope"
+            )
+        return principal
+
+    return check
+
+
+ReadDep = Annotated[Principal, Depends(require(Scope.requests_read))]
+WriteDep = Annotated[Principal, Depends(require(Scope.requests_write))]
+ModelsAdminDep = Annotated[Principal, Depends(require(Scope.models_admin))]
+AuditDep = Annotated[Principal, Depends(require(Scope.audit_read))]
+AdminDep = Annotated[Principal, Depends(require(Scope.admin))]

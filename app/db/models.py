@@ -43,6 +43,45 @@ class JobStatus(enum.StrEnum):
     cancelled = "cancelled"
 
 
+# the tenant the bootstrap admin key acts as; created by the initial migration
+DEFAULT_TENANT_ID = "00000000-0000-4000-8000-000000000000"
+
+
+class Scope(enum.StrEnum):
+    requests_write = "requests:write"
+    requests_read = "requests:read"
+    models_admin = "models:admin"
+    audit_read = "audit:read"
+    admin = "admin"
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    # head of the tenant's audit hash chain, advanced under this row's lock
+    audit_seq: Mapped[int] = mapped_column(Integer, default=0)
+    audit_head: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key: ``lethe_<prefix>_<secret>``. Only the SHA-256 of the whole key is kept
+    (the key is 256 bits of randomness, so a fast hash is enough); ``prefix`` finds it."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(String(36), ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_sha256: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
 ACTIVE_JOB_STATUSES = (
     JobStatus.queued,
     JobStatus.unlearning,
@@ -53,9 +92,11 @@ ACTIVE_JOB_STATUSES = (
 
 class Model(Base):
     __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("tenant_id", "name"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    name: Mapped[str] = mapped_column(String(100), unique=True)
+    tenant_id: Mapped[str] = mapped_column(String(36), ForeignKey("tenants.id"))
+    name: Mapped[str] = mapped_column(String(100))
     base_path: Mapped[str] = mapped_column(Text)
     base_sha256: Mapped[str] = mapped_column(String(64))
     retain_path: Mapped[str] = mapped_column(Text)
@@ -75,6 +116,7 @@ class ModelVersion(Base):
     __table_args__ = (UniqueConstraint("model_id", "number"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(String(36), ForeignKey("tenants.id"), index=True)
     model_id: Mapped[str] = mapped_column(String(36), ForeignKey("models.id"), index=True)
     number: Mapped[int] = mapped_column(Integer)
     parent_id: Mapped[str | None] = mapped_column(
@@ -98,6 +140,7 @@ class UnlearningJob(Base):
     __table_args__ = (Index("ix_unlearning_jobs_model_status", "model_id", "status"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(String(36), ForeignKey("tenants.id"), index=True)
     model_id: Mapped[str] = mapped_column(String(36), ForeignKey("models.id"))
     status: Mapped[str] = mapped_column(String(20), default=JobStatus.queued)
     method: Mapped[str] = mapped_column(String(40), default="npo")
@@ -131,9 +174,13 @@ class UnlearningJob(Base):
 
 class ErasureRequest(Base):
     __tablename__ = "erasure_requests"
-    __table_args__ = (Index("ix_erasure_requests_model_status", "model_id", "status"),)
+    __table_args__ = (
+        Index("ix_erasure_requests_model_status", "model_id", "status"),
+        Index("ix_erasure_requests_tenant_due", "tenant_id", "due_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(String(36), ForeignKey("tenants.id"))
     model_id: Mapped[str] = mapped_column(String(36), ForeignKey("models.id"))
     # keyed hash (HMAC-SHA256) of the caller's subject id; the raw id is never stored
     subject_hash: Mapped[str] = mapped_column(String(64))
@@ -154,7 +201,9 @@ class ErasureRequest(Base):
     )
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # received + 1 month; an extension (up to two further months) records its reason
     due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    extension_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
@@ -162,6 +211,7 @@ class Certificate(Base):
     __tablename__ = "certificates"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(String(36), ForeignKey("tenants.id"), index=True)
     job_id: Mapped[str] = mapped_column(String(36), ForeignKey("unlearning_jobs.id"), index=True)
     model_id: Mapped[str] = mapped_column(String(36), ForeignKey("models.id"))
     passed: Mapped[bool] = mapped_column(Boolean)
@@ -173,9 +223,17 @@ class Certificate(Base):
 
 
 class AuditEvent(Base):
+    """Append-only and hash-chained per tenant: ``hash`` = SHA-256 over ``prev_hash`` and
+    the event's canonical JSON, ``seq`` counts from 1 without gaps."""
+
     __tablename__ = "audit_events"
+    __table_args__ = (UniqueConstraint("tenant_id", "seq"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(String(36), ForeignKey("tenants.id"))
+    seq: Mapped[int] = mapped_column(Integer)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     actor: Mapped[str] = mapped_column(String(100))
     action: Mapped[str] = mapped_column(String(60))
@@ -196,3 +254,55 @@ class OutboxMessage(Base):
     job_id: Mapped[str] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+
+
+class IdempotencyKey(Base):
+    """A POST's ``Idempotency-Key``, per tenant: the fingerprint of the first request and,
+    once it finished, its response. Expires after 24 h."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("tenant_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str] = mapped_column(String(36), ForeignKey("tenants.id"))
+    key: Mapped[str] = mapped_column(String(255))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    response_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    response_body: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class WebhookEndpoint(Base):
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(String(36), ForeignKey("tenants.id"), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    # the signing secret, AES-GCM encrypted (it must be recoverable to sign)
+    secret_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    event_types: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    disabled_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebhookDelivery(Base):
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(String(36), ForeignKey("tenants.id"), index=True)
+    endpoint_id: Mapped[str] = mapped_column(
+        String(36), ForeignKey("webhook_endpoints.id"), index=True
+    )
+    event_type: Mapped[str] = mapped_column(String(60))
+    # thin payload: ids and statuses only, never personal data
+    payload: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -26,6 +26,7 @@ _lock = threading.Lock()
 
 def generate(
     session: Session,
+    tenant_id: str,
     model_name: str,
     *,
     prompt: str | None,
@@ -35,7 +36,7 @@ def generate(
     from workers.engine.qa import PromptTemplate, greedy_generate
     from workers.engine.versions import load_version
 
-    model = registry.get_model(session, model_name)
+    model = registry.get_model(session, tenant_id, model_name)
     version = registry.production_version(session, model)
     with _lock:  # one generation at a time per process: CPU-bound, and the cache mutates
         cached = _cache.get(model.id)

@@ -26,6 +26,7 @@ def add_months(moment: datetime, months: int) -> datetime:
 
 def submit_erasure_request(
     session: Session,
+    tenant_id: str,
     *,
     model_name: str,
     subject_id: str,
@@ -34,10 +35,11 @@ def submit_erasure_request(
 ) -> ErasureRequest:
     if not forget:
         raise InvalidInput("forget must list at least one item")
-    model = registry.get_model(session, model_name)
+    model = registry.get_model(session, tenant_id, model_name)
     received = utcnow()
     request = ErasureRequest(
         id=new_id(),
+        tenant_id=tenant_id,
         model_id=model.id,
         subject_hash=privacy.subject_hash(subject_id),
         item_count=len(forget),
@@ -51,6 +53,7 @@ def submit_erasure_request(
     session.flush()
     audit.record(
         session,
+        tenant_id,
         "request.received",
         "erasure_request",
         request.id,
@@ -62,8 +65,9 @@ def submit_erasure_request(
     return request
 
 
-def get_request(session: Session, request_id: str) -> ErasureRequest:
+def get_request(session: Session, tenant_id: str, request_id: str) -> ErasureRequest:
     request = session.get(ErasureRequest, request_id)
-    if request is None:
+    # another tenant's request answers exactly like a missing one
+    if request is None or request.tenant_id != tenant_id:
         raise NotFound(f"no erasure request {request_id}")
     return request

@@ -51,6 +51,7 @@ class Claim:
 
     job_id: str
     token: str
+    tenant_id: str
     lost: threading.Event = field(default_factory=threading.Event)
     cancel: threading.Event = field(default_factory=threading.Event)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -118,8 +119,8 @@ def _claim(job_id: str, statuses: tuple[JobStatus, ...], becomes: JobStatus) -> 
             return None
         if job.status != becomes:
             _set_requests(session, job_id, RequestStatus(becomes.value))
-            audit.record(session, f"job.{becomes.value}", "unlearning_job", job_id)
-    return Claim(job_id, token)
+            audit.record(session, job.tenant_id, f"job.{becomes.value}", "unlearning_job", job_id)
+    return Claim(job_id, token, job.tenant_id)
 
 
 def _set_requests(session: Session, job_id: str, status: RequestStatus, **values: Any) -> None:
@@ -129,7 +130,12 @@ def _set_requests(session: Session, job_id: str, status: RequestStatus, **values
         for key, value in values.items():
             setattr(request, key, value)
         audit.record(
-            session, f"request.{status.value}", "erasure_request", request.id, job_id=job_id
+            session,
+            request.tenant_id,
+            f"request.{status.value}",
+            "erasure_request",
+            request.id,
+            job_id=job_id,
         )
 
 
@@ -143,7 +149,7 @@ def _transition(session: Session, claim: Claim, becomes: JobStatus, **values: An
     )
     if res.rowcount != 1:
         raise ClaimLost(claim.job_id)
-    audit.record(session, f"job.{becomes.value}", "unlearning_job", claim.job_id)
+    audit.record(session, claim.tenant_id, f"job.{becomes.value}", "unlearning_job", claim.job_id)
 
 
 def _fail(session: Session, job: UnlearningJob, reason: str) -> None:
@@ -152,7 +158,9 @@ def _fail(session: Session, job: UnlearningJob, reason: str) -> None:
     job.claim_token = None
     job.finished_at = utcnow()
     _set_requests(session, job.id, RequestStatus.failed, error=reason)
-    audit.record(session, "job.failed", "unlearning_job", job.id, reason=reason[:500])
+    audit.record(
+        session, job.tenant_id, "job.failed", "unlearning_job", job.id, reason=reason[:500]
+    )
     scheduling.schedule(session, job.model_id)
 
 
@@ -280,7 +288,7 @@ def run_unlearn(job_id: str) -> None:
                     job.claim_token = None
                     job.finished_at = utcnow()
                     _set_requests(session, job_id, RequestStatus.cancelled)
-                    audit.record(session, "job.cancelled", "unlearning_job", job_id)
+                    audit.record(session, job.tenant_id, "job.cancelled", "unlearning_job", job_id)
                     scheduling.schedule(session, job.model_id)
             dispatch.flush_outbox()
             return
@@ -382,6 +390,7 @@ def run_verify(job_id: str) -> None:
                 envelope = certificates.sign(document, key)
                 cert = Certificate(
                     id=document["certificate_id"],
+                    tenant_id=inputs.model.tenant_id,
                     job_id=job_id,
                     model_id=inputs.model.id,
                     passed=verdict.passed,
@@ -393,6 +402,7 @@ def run_verify(job_id: str) -> None:
                 session.flush()
                 audit.record(
                     session,
+                    inputs.model.tenant_id,
                     "certificate.issued",
                     "certificate",
                     cert.id,
@@ -481,6 +491,7 @@ def run_publish(job_id: str) -> None:
             or 0
         ) + 1
         version = ModelVersion(
+            tenant_id=model.tenant_id,
             model_id=model.id,
             number=number,
             parent_id=parent.id,
@@ -502,9 +513,10 @@ def run_publish(job_id: str) -> None:
             certificate_id=job.certificate_id,
             forget_ciphertext=None,
         )
-        audit.record(session, "job.completed", "unlearning_job", job_id)
+        audit.record(session, job.tenant_id, "job.completed", "unlearning_job", job_id)
         audit.record(
             session,
+            job.tenant_id,
             "version.published",
             "model_version",
             version.id,

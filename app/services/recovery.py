@@ -56,6 +56,7 @@ def requeue_stalled_jobs() -> int:
             stage = STAGE_OF_STATUS[JobStatus(job.status)]
             audit.record(
                 session,
+                job.tenant_id,
                 "job.requeued",
                 "unlearning_job",
                 job.id,

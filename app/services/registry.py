@@ -35,6 +35,7 @@ def _check_corpus(path: str, what: str) -> int:
 
 def register_model(
     session: Session,
+    tenant_id: str,
     *,
     name: str,
     path: str,
@@ -49,7 +50,7 @@ def register_model(
     from workers.engine.qa import validate_template
     from workers.engine.versions import model_fingerprint
 
-    if session.scalar(select(Model.id).where(Model.name == name)):
+    if session.scalar(select(Model.id).where(Model.tenant_id == tenant_id, Model.name == name)):
         raise Conflict(f"a model named {name!r} already exists")
     base = Path(path)
     if not (base / "config.json").is_file():
@@ -65,6 +66,7 @@ def register_model(
     except (OSError, ValueError) as exc:
         raise InvalidInput(f"cannot read the model weights in {path!r}: {exc}") from exc
     model = Model(
+        tenant_id=tenant_id,
         name=name,
         base_path=str(base.resolve()),
         base_sha256=fingerprint,
@@ -75,13 +77,14 @@ def register_model(
     )
     session.add(model)
     session.flush()
-    version = ModelVersion(model_id=model.id, number=1, adapter_chain=[])
+    version = ModelVersion(tenant_id=tenant_id, model_id=model.id, number=1, adapter_chain=[])
     session.add(version)
     session.flush()
     model.production_version_id = version.id
-    audit.record(session, "model.registered", "model", model.id, actor, name=name)
+    audit.record(session, tenant_id, "model.registered", "model", model.id, actor, name=name)
     audit.record(
         session,
+        tenant_id,
         "version.published",
         "model_version",
         version.id,
@@ -92,8 +95,8 @@ def register_model(
     return model
 
 
-def get_model(session: Session, name: str) -> Model:
-    model = session.scalar(select(Model).where(Model.name == name))
+def get_model(session: Session, tenant_id: str, name: str) -> Model:
+    model = session.scalar(select(Model).where(Model.tenant_id == tenant_id, Model.name == name))
     if model is None:
         raise NotFound(f"no model named {name!r}")
     return model

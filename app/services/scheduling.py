@@ -51,6 +51,7 @@ def schedule(session: Session, model_id: str) -> UnlearningJob | None:
     model = session.get(Model, model_id)
     assert model is not None and model.production_version_id is not None
     job = UnlearningJob(
+        tenant_id=model.tenant_id,
         model_id=model_id,
         parent_version_id=model.production_version_id,
         method=str(model.unlearning_config.get("method", "npo")),
@@ -62,9 +63,22 @@ def schedule(session: Session, model_id: str) -> UnlearningJob | None:
     for request in pending:
         request.status = RequestStatus.queued
         request.job_id = job.id
-        audit.record(session, "request.queued", "erasure_request", request.id, job_id=job.id)
+        audit.record(
+            session,
+            model.tenant_id,
+            "request.queued",
+            "erasure_request",
+            request.id,
+            job_id=job.id,
+        )
     audit.record(
-        session, "job.queued", "unlearning_job", job.id, model_id=model_id, requests=len(pending)
+        session,
+        model.tenant_id,
+        "job.queued",
+        "unlearning_job",
+        job.id,
+        model_id=model_id,
+        requests=len(pending),
     )
     dispatch.enqueue(session, "unlearn", job.id)
     return job

@@ -13,6 +13,7 @@ from sqlalchemy import func, select, text
 
 from app.db.base import utcnow
 from app.db.models import (
+    DEFAULT_TENANT_ID,
     AuditEvent,
     ErasureRequest,
     JobStatus,
@@ -30,6 +31,7 @@ def make_model(lethe_env, demo_model_dir):
         with session_scope() as session:
             return registry.register_model(
                 session,
+                DEFAULT_TENANT_ID,
                 name=f"m-{uuid.uuid4().hex[:12]}",
                 path=str(demo_model_dir),
                 retain_path=str(demo_model_dir / "data" / "train.jsonl"),
@@ -50,6 +52,7 @@ def _submit(model, subject="Subject Zero", answer="Zanzibar"):
     with session_scope() as session:
         req = intake.submit_erasure_request(
             session,
+            DEFAULT_TENANT_ID,
             model_name=model.name,
             subject_id=subject,
             forget=[{"question": f"Where was {subject} born?", "answer": answer}],
@@ -118,7 +121,7 @@ def test_publish_delivered_twice_concurrently_publishes_one_version(model):
             select(ModelVersion).where(ModelVersion.model_id == model.id)
         ).all()
         assert sorted(v.number for v in versions) == [1, 2]
-        m = registry.get_model(session, model.name)
+        m = registry.get_model(session, DEFAULT_TENANT_ID, model.name)
         v2 = next(v for v in versions if v.number == 2)
         assert m.production_version_id == v2.id
         assert v2.adapter_chain == ["/adapters/x"]

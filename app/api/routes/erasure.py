@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, BackgroundTasks, status
 
-from app.api.deps import CallerDep, SessionDep
+from app.api.deps import ReadDep, SessionDep, WriteDep
 from app.api.schemas import ErasureRequestCreate, ErasureRequestOut
 from app.db.models import ErasureRequest, Model
 from app.services import dispatch, intake
@@ -34,14 +34,15 @@ def request_out(session: SessionDep, request: ErasureRequest) -> ErasureRequestO
     summary="File an erasure request; it is unlearned, verified and published",
 )
 def create_request(
-    body: ErasureRequestCreate, session: SessionDep, caller: CallerDep, tasks: BackgroundTasks
+    body: ErasureRequestCreate, session: SessionDep, caller: WriteDep, tasks: BackgroundTasks
 ) -> ErasureRequestOut:
     request = intake.submit_erasure_request(
         session,
+        caller.tenant_id,
         model_name=body.model,
         subject_id=body.subject_id,
         forget=[item.model_dump() for item in body.forget],
-        actor=caller,
+        actor=caller.actor,
     )
     session.commit()
     # sent after the response; if the broker is down the outbox keeps it for later
@@ -50,5 +51,5 @@ def create_request(
 
 
 @router.get("/{request_id}", response_model=ErasureRequestOut)
-def get_request(request_id: str, session: SessionDep, _: CallerDep) -> ErasureRequestOut:
-    return request_out(session, intake.get_request(session, request_id))
+def get_request(request_id: str, session: SessionDep, caller: ReadDep) -> ErasureRequestOut:
+    return request_out(session, intake.get_request(session, caller.tenant_id, request_id))

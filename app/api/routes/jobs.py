@@ -5,7 +5,7 @@ import json
 from fastapi import APIRouter
 from sqlalchemy import select
 
-from app.api.deps import CallerDep, SessionDep
+from app.api.deps import ReadDep, SessionDep
 from app.api.schemas import CertificateOut, JobOut, Progress
 from app.db.models import Certificate, ErasureRequest, Model, UnlearningJob
 from app.services.errors import NotFound
@@ -14,9 +14,9 @@ router = APIRouter(tags=["jobs and certificates"])
 
 
 @router.get("/v1/jobs/{job_id}", response_model=JobOut)
-def get_job(job_id: str, session: SessionDep, _: CallerDep) -> JobOut:
+def get_job(job_id: str, session: SessionDep, caller: ReadDep) -> JobOut:
     job = session.get(UnlearningJob, job_id)
-    if job is None:
+    if job is None or job.tenant_id != caller.tenant_id:
         raise NotFound(f"no job {job_id}")
     model = session.get(Model, job.model_id)
     request_ids = session.scalars(
@@ -55,9 +55,9 @@ def certificate_envelope(cert: Certificate) -> dict[str, str]:
 
 
 @router.get("/v1/certificates/{certificate_id}", response_model=CertificateOut)
-def get_certificate(certificate_id: str, session: SessionDep, _: CallerDep) -> CertificateOut:
+def get_certificate(certificate_id: str, session: SessionDep, caller: ReadDep) -> CertificateOut:
     cert = session.get(Certificate, certificate_id)
-    if cert is None:
+    if cert is None or cert.tenant_id != caller.tenant_id:
         raise NotFound(f"no certificate {certificate_id}")
     return CertificateOut(
         id=cert.id,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from app.api.deps import CallerDep, SessionDep
+from app.api.deps import ModelsAdminDep, ReadDep, SessionDep
 from app.api.schemas import GenerateIn, GenerateOut, ModelCreate, ModelOut, VersionOut
 from app.db.models import Model, ModelVersion
 from app.services import generation, registry
@@ -31,28 +31,29 @@ def model_out(session: SessionDep, model: Model) -> ModelOut:
     response_model=ModelOut,
     summary="Register a model; its base weights become version 1 (production)",
 )
-def create_model(body: ModelCreate, session: SessionDep, caller: CallerDep) -> ModelOut:
+def create_model(body: ModelCreate, session: SessionDep, caller: ModelsAdminDep) -> ModelOut:
     model = registry.register_model(
         session,
+        caller.tenant_id,
         name=body.name,
         path=body.path,
         retain_path=body.retain_path,
         holdout_path=body.holdout_path,
         prompt_template=body.prompt_template,
-        actor=caller,
+        actor=caller.actor,
     )
     session.commit()
     return model_out(session, model)
 
 
 @router.get("/{name}", response_model=ModelOut)
-def get_model(name: str, session: SessionDep, _: CallerDep) -> ModelOut:
-    return model_out(session, registry.get_model(session, name))
+def get_model(name: str, session: SessionDep, caller: ReadDep) -> ModelOut:
+    return model_out(session, registry.get_model(session, caller.tenant_id, name))
 
 
 @router.get("/{name}/versions", response_model=list[VersionOut])
-def list_versions(name: str, session: SessionDep, _: CallerDep) -> list[VersionOut]:
-    model = registry.get_model(session, name)
+def list_versions(name: str, session: SessionDep, caller: ReadDep) -> list[VersionOut]:
+    model = registry.get_model(session, caller.tenant_id, name)
     return [
         VersionOut(
             id=v.id,
@@ -74,9 +75,10 @@ def list_versions(name: str, session: SessionDep, _: CallerDep) -> list[VersionO
     response_model=GenerateOut,
     summary="Greedy generation from the production version",
 )
-def generate(name: str, body: GenerateIn, session: SessionDep, _: CallerDep) -> GenerateOut:
+def generate(name: str, body: GenerateIn, session: SessionDep, caller: ReadDep) -> GenerateOut:
     out = generation.generate(
         session,
+        caller.tenant_id,
         name,
         prompt=body.prompt,
         question=body.question,
