@@ -16,7 +16,11 @@ cli = typer.Typer(no_args_is_help=True, help="Lethe: unlearning as a service.")
 demo_model_cli = typer.Typer(no_args_is_help=True, help="The built-in demo model.")
 certificate_cli = typer.Typer(no_args_is_help=True, help="Unlearning certificates.")
 cli.add_typer(demo_model_cli, name="demo-model")
+admin_cli = typer.Typer(no_args_is_help=True, help="Tenants and API keys.")
+audit_cli = typer.Typer(no_args_is_help=True, help="The audit log.")
 cli.add_typer(certificate_cli, name="certificate")
+cli.add_typer(admin_cli, name="admin")
+cli.add_typer(audit_cli, name="audit")
 
 
 def _logging(level: int = logging.INFO) -> None:
@@ -212,6 +216,76 @@ def certificate_verify(
         f"valid: certificate {doc.get('certificate_id')} signed by key {data['key_id']}, "
         f"verdict {doc.get('verdict')}"
     )
+
+
+@admin_cli.command("create-tenant")
+def admin_create_tenant(name: Annotated[str, typer.Argument(help="tenant name")]) -> None:
+    """Create a tenant; prints its id."""
+    from app.db.session import session_scope
+    from app.services import tenancy
+    from app.services.errors import LetheError
+
+    try:
+        with session_scope() as session:
+            tenant = tenancy.create_tenant(session, name, "cli")
+            typer.echo(json.dumps({"id": tenant.id, "name": tenant.name}))
+    except LetheError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@admin_cli.command("create-key")
+def admin_create_key(
+    tenant: Annotated[str, typer.Option(help="tenant id")],
+    scope: Annotated[list[str], typer.Option(help="repeat for each scope")],
+    name: Annotated[str, typer.Option(help="what the key is for")] = "cli",
+) -> None:
+    """Create an API key; the secret is printed once and never again."""
+    from app.db.session import session_scope
+    from app.services import tenancy
+    from app.services.errors import LetheError
+
+    try:
+        with session_scope() as session:
+            key, plaintext = tenancy.create_api_key(session, tenant, name, scope, "cli")
+            typer.echo(
+                json.dumps(
+                    {
+                        "id": key.id,
+                        "tenant_id": key.tenant_id,
+                        "scopes": key.scopes,
+                        "key": plaintext,
+                    }
+                )
+            )
+    except LetheError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@audit_cli.command("verify")
+def audit_verify(
+    tenant: Annotated[str | None, typer.Option(help="one tenant id (default: all)")] = None,
+) -> None:
+    """Recompute every tenant's audit hash chain; exit 1 and say which events are wrong."""
+    from sqlalchemy import select
+
+    from app.db.models import Tenant
+    from app.db.session import session_scope
+    from app.services.audit import verify_chain
+
+    bad = 0
+    with session_scope() as session:
+        ids = [tenant] if tenant else list(session.scalars(select(Tenant.id)))
+        for tenant_id in ids:
+            problems = verify_chain(session, tenant_id)
+            for problem in problems:
+                typer.echo(f"tenant {tenant_id}: {problem.problem}", err=True)
+            bad += len(problems)
+            if not problems:
+                typer.echo(f"tenant {tenant_id}: audit chain intact")
+    if bad:
+        raise typer.Exit(1)
 
 
 class _Progress:

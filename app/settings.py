@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     max_batch_size: int = 50
     device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'")
     generation_max_new_tokens: int = 64
+    max_body_bytes: int = Field(default=1_048_576, description="413 above this")
+    rate_limit: str = Field(default="1200/minute", description="per API key (limits syntax)")
 
     @property
     def resolved_database_url(self) -> str:

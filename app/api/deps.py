@@ -11,7 +11,9 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Scope
 from app.db.session import get_sessionmaker
+from app.services import ratelimit
 from app.services.tenancy import Principal, authenticate
+from app.settings import get_settings
 
 _bearer = HTTPBearer(auto_error=False, description="an API key")
 
@@ -45,6 +47,13 @@ def get_principal(
     if principal is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "invalid API key", headers={"WWW-Authenticate": "Bearer"}
+        )
+    retry_after = ratelimit.check(principal.actor)
+    if retry_after is not None:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"rate limit of {get_settings().rate_limit} per API key exceeded; retry later",
+            headers={"Retry-After": str(retry_after)},
         )
     return principal
 

@@ -50,6 +50,8 @@ def install(app: FastAPI) -> None:
             403: "Forbidden",
             404: "Not found",
             405: "Method not allowed",
+            413: "Content too large",
+            429: "Too many requests",
         }
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         resp = problem(exc.status_code, titles.get(exc.status_code, "Error"), detail)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from app.api import errors
-from app.api.routes import erasure, health, jobs, models
+from app.api.middleware import BodySizeLimit
+from app.api.routes import admin, erasure, health, jobs, models
+from app.settings import get_settings
 
 
 def create_app() -> FastAPI:
@@ -15,6 +17,7 @@ def create_app() -> FastAPI:
         summary="Unlearning as a service: erasure requests in, certified model versions out.",
     )
     errors.install(app)
-    for module in (health, models, erasure, jobs):
+    app.add_middleware(BodySizeLimit, max_bytes=get_settings().max_body_bytes)
+    for module in (health, models, erasure, jobs, admin):
         app.include_router(module.router)
     return app

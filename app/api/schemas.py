@@ -153,3 +153,86 @@ class CertificateOut(BaseModel):
         description="what `lethe certificate verify` checks: document text, signature, key"
     )
     created_at: datetime
+
+
+class ErasureRequestPage(BaseModel):
+    items: list[ErasureRequestOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page")
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None
+
+
+class VersionPage(BaseModel):
+    items: list[VersionOut]
+    next_cursor: str | None
+
+
+class CertificateSummary(BaseModel):
+    id: str
+    job_id: str
+    passed: bool
+    key_id: str
+    created_at: datetime
+
+
+class CertificatePage(BaseModel):
+    items: list[CertificateSummary]
+    next_cursor: str | None
+
+
+class ExtensionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    months: int = Field(ge=1, le=2, description="further months (at most two in all)")
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+
+
+class TenantIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+
+
+class TenantOut(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+
+
+ScopeName = Literal["requests:write", "requests:read", "models:admin", "audit:read", "admin"]
+
+
+class ApiKeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    scopes: list[ScopeName] = Field(min_length=1)
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    tenant_id: str
+    name: str
+    scopes: list[str]
+    created_at: datetime
+    key: str = Field(description="the secret key: shown only in this response")
+
+
+class AuditEventOut(BaseModel):
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    entity_type: str
+    entity_id: str
+    data: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditEventPage(BaseModel):
+    items: list[AuditEventOut]
+    next_cursor: str | None

@@ -7,12 +7,13 @@ import calendar
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import new_id, utcnow
-from app.db.models import ErasureRequest, RequestStatus
+from app.db.models import ErasureRequest, JobStatus, RequestStatus, UnlearningJob
 from app.services import audit, privacy, registry, scheduling
-from app.services.errors import InvalidInput, NotFound
+from app.services.errors import Conflict, InvalidInput, NotFound
 
 
 def add_months(moment: datetime, months: int) -> datetime:
@@ -70,4 +71,93 @@ def get_request(session: Session, tenant_id: str, request_id: str) -> ErasureReq
     # another tenant's request answers exactly like a missing one
     if request is None or request.tenant_id != tenant_id:
         raise NotFound(f"no erasure request {request_id}")
+    return request
+
+
+MAX_EXTENSION_MONTHS = 2
+
+
+def extend_deadline(
+    session: Session, tenant_id: str, request_id: str, months: int, reason: str, actor: str
+) -> ErasureRequest:
+    """GDPR Art. 12(3): the one-month deadline may be extended by up to two further
+    months where necessary, with the reason recorded."""
+    request = get_request(session, tenant_id, request_id)
+    if request.status in (RequestStatus.completed, RequestStatus.cancelled):
+        raise Conflict(f"request is {request.status}; its deadline no longer runs")
+    if not 1 <= months <= MAX_EXTENSION_MONTHS:
+        raise InvalidInput(f"months must be 1 or {MAX_EXTENSION_MONTHS}")
+    if not reason.strip():
+        raise InvalidInput("an extension needs its reason")
+    due = add_months(request.received_at, 1 + months)
+    if due <= request.due_at:
+        raise Conflict(
+            f"the deadline is already {request.due_at.isoformat()}; at most "
+            f"{MAX_EXTENSION_MONTHS} further months may be added in all"
+        )
+    request.due_at = due
+    request.extension_reason = reason.strip()
+    audit.record(
+        session,
+        tenant_id,
+        "request.deadline_extended",
+        "erasure_request",
+        request.id,
+        actor,
+        due_at=due.isoformat(),
+        months=months,
+    )
+    return request
+
+
+def cancel_request(session: Session, tenant_id: str, request_id: str, actor: str) -> ErasureRequest:
+    """Cancel a request that is not being unlearned yet (received, or queued in a job that
+    has not started); later it is too late: 409 with the reason."""
+    request = get_request(session, tenant_id, request_id)
+    if request.status == RequestStatus.received:
+        pass
+    elif request.status == RequestStatus.queued and request.job_id is not None:
+        # touching the job row while it is still queued takes its lock: a worker's claim
+        # (a conditional update on the same row) waits for this transaction
+        touched = session.execute(
+            update(UnlearningJob)
+            .where(
+                UnlearningJob.id == request.job_id,
+                UnlearningJob.status == JobStatus.queued,
+                UnlearningJob.claim_token.is_(None),
+            )
+            .values(heartbeat_at=utcnow())
+        )
+        if touched.rowcount != 1:
+            session.refresh(request)
+            raise Conflict(
+                "the request's unlearning job has already started; it can no longer be "
+                "cancelled and will complete (or fail) on its own"
+            )
+        job_id = request.job_id
+        request.job_id = None
+        others = session.scalar(
+            select(func.count())
+            .select_from(ErasureRequest)
+            .where(ErasureRequest.job_id == job_id, ErasureRequest.id != request.id)
+        )
+        if not others:
+            job = session.get(UnlearningJob, job_id)
+            assert job is not None
+            job.status = JobStatus.cancelled
+            job.finished_at = utcnow()
+            audit.record(session, tenant_id, "job.cancelled", "unlearning_job", job_id, actor)
+    else:
+        raise Conflict(
+            f"the request is {request.status}: "
+            + (
+                "it is already being unlearned and can no longer be cancelled"
+                if request.status in (RequestStatus.unlearning, RequestStatus.verifying)
+                else "it has finished"
+            )
+        )
+    request.status = RequestStatus.cancelled
+    request.forget_ciphertext = None  # nothing left to do with the personal data
+    audit.record(session, tenant_id, "request.cancelled", "erasure_request", request.id, actor)
+    scheduling.schedule(session, request.model_id)
     return request

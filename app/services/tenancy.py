@@ -46,7 +46,7 @@ def authenticate(session: Session, presented: str) -> Principal | None:
     admin = get_settings().resolved_admin_key()
     if hmac.compare_digest(presented.encode(), admin.encode()):
         return Principal(DEFAULT_TENANT_ID, "admin-key", frozenset({Scope.admin.value}))
-    parts = presented.split("_")
+    parts = presented.split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_PREFIX:
         return None
     key = session.scalar(select(ApiKey).where(ApiKey.prefix == parts[1]))

@@ -103,7 +103,10 @@ def test_model_registration_and_versions(client, demo_model_dir):
     assert body["production_version"] == 1 and len(body["base_sha256"]) == 64
     got = client.get(f"/v1/models/{body['name']}", headers=auth()).json()
     assert got["id"] == body["id"]
-    versions = client.get(f"/v1/models/{body['name']}/versions", headers=auth()).json()
+    versions = sorted(
+        client.get(f"/v1/models/{body['name']}/versions", headers=auth()).json()["items"],
+        key=lambda v: v["number"],
+    )
     assert [(v["number"], v["production"], v["adapter_count"]) for v in versions] == [(1, True, 0)]
 
 
@@ -140,7 +143,10 @@ def test_erasure_request_is_unlearned_verified_and_published(client, demo_model_
     assert job["progress"]["step"] == job["progress"]["total_steps"] > 0
     assert job["request_ids"] == [accepted["id"]]
 
-    versions = client.get(f"/v1/models/{model['name']}/versions", headers=auth()).json()
+    versions = sorted(
+        client.get(f"/v1/models/{model['name']}/versions", headers=auth()).json()["items"],
+        key=lambda v: v["number"],
+    )
     assert [(v["number"], v["production"]) for v in versions] == [(1, False), (2, True)]
     assert versions[1]["id"] == done["published_version_id"]
 

@@ -22,7 +22,25 @@ from app.db.models import (
     UnlearningJob,
 )
 from app.db.session import get_engine, session_scope
-from app.services import intake, jobs, privacy, recovery, registry
+from app.services import dispatch, intake, jobs, privacy, recovery, registry
+
+
+class RecordingTransport:
+    def __init__(self):
+        self.sent = []
+
+    def send(self, task, job_id):
+        self.sent.append((task, job_id))
+
+
+@pytest.fixture(autouse=True)
+def no_workers(lethe_env):
+    """These tests drive the state machine by hand: tasks are recorded, not run."""
+    saved = dispatch._transport
+    dispatch._transport = RecordingTransport()
+    yield dispatch._transport
+    dispatch.flush_outbox()
+    dispatch._transport = saved
 
 
 @pytest.fixture()

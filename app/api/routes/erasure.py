@@ -1,13 +1,36 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, BackgroundTasks, status
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, status
+from fastapi.responses import HTMLResponse, JSONResponse
+from sqlalchemy import select
 
 from app.api.deps import ReadDep, SessionDep, WriteDep
-from app.api.schemas import ErasureRequestCreate, ErasureRequestOut
-from app.db.models import ErasureRequest, Model
-from app.services import dispatch, intake
+from app.api.schemas import (
+    ErasureRequestCreate,
+    ErasureRequestOut,
+    ErasureRequestPage,
+    ExtensionIn,
+    RequestStatusName,
+)
+from app.db.base import utcnow
+from app.db.models import ErasureRequest, Model, RequestStatus
+from app.db.session import get_sessionmaker
+from app.services import dispatch, idempotency, intake, reports
+from app.services.pagination import paginate
 
 router = APIRouter(prefix="/v1/erasure-requests", tags=["erasure requests"])
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="retry-safe creation: the same key and body give the original response",
+    ),
+]
 
 
 def request_out(session: SessionDep, request: ErasureRequest) -> ErasureRequestOut:
@@ -34,22 +57,120 @@ def request_out(session: SessionDep, request: ErasureRequest) -> ErasureRequestO
     summary="File an erasure request; it is unlearned, verified and published",
 )
 def create_request(
-    body: ErasureRequestCreate, session: SessionDep, caller: WriteDep, tasks: BackgroundTasks
-) -> ErasureRequestOut:
-    request = intake.submit_erasure_request(
-        session,
+    body: ErasureRequestCreate,
+    caller: WriteDep,
+    tasks: BackgroundTasks,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JSONResponse:
+    def produce() -> dict:  # type: ignore[type-arg]
+        with get_sessionmaker()() as session:
+            request = intake.submit_erasure_request(
+                session,
+                caller.tenant_id,
+                model_name=body.model,
+                subject_id=body.subject_id,
+                forget=[item.model_dump() for item in body.forget],
+                actor=caller.actor,
+            )
+            session.commit()
+            return request_out(session, request).model_dump(mode="json")
+
+    outcome = idempotency.run(
         caller.tenant_id,
-        model_name=body.model,
-        subject_id=body.subject_id,
-        forget=[item.model_dump() for item in body.forget],
-        actor=caller.actor,
+        idempotency_key,
+        idempotency.fingerprint("POST", "/v1/erasure-requests", body.model_dump(mode="json")),
+        status.HTTP_202_ACCEPTED,
+        produce,
     )
-    session.commit()
     # sent after the response; if the broker is down the outbox keeps it for later
     tasks.add_task(dispatch.flush_outbox)
-    return request_out(session, request)
+    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
+    return JSONResponse(outcome.body, status_code=outcome.status, headers=headers)
+
+
+@router.get("", response_model=ErasureRequestPage, summary="List requests, newest first")
+def list_requests(
+    session: SessionDep,
+    caller: ReadDep,
+    status_: Annotated[RequestStatusName | None, Query(alias="status")] = None,
+    model: str | None = None,
+    overdue: Annotated[bool | None, Query(description="past due_at and not finished")] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> ErasureRequestPage:
+    stmt = select(ErasureRequest).where(ErasureRequest.tenant_id == caller.tenant_id)
+    if status_:
+        stmt = stmt.where(ErasureRequest.status == status_)
+    if model:
+        stmt = stmt.join(Model, Model.id == ErasureRequest.model_id).where(Model.name == model)
+    if overdue is not None:
+        open_ = ErasureRequest.status.not_in(
+            [RequestStatus.completed.value, RequestStatus.cancelled.value]
+        )
+        late = ErasureRequest.due_at < utcnow()
+        stmt = stmt.where(open_ & late) if overdue else stmt.where(~(open_ & late))
+    if created_after:
+        stmt = stmt.where(ErasureRequest.received_at >= created_after)
+    if created_before:
+        stmt = stmt.where(ErasureRequest.received_at < created_before)
+    page = paginate(session, stmt, ErasureRequest.received_at, ErasureRequest.id, cursor, limit)
+    return ErasureRequestPage(
+        items=[request_out(session, r) for r in page.items], next_cursor=page.next_cursor
+    )
 
 
 @router.get("/{request_id}", response_model=ErasureRequestOut)
 def get_request(request_id: str, session: SessionDep, caller: ReadDep) -> ErasureRequestOut:
     return request_out(session, intake.get_request(session, caller.tenant_id, request_id))
+
+
+@router.delete(
+    "/{request_id}",
+    response_model=ErasureRequestOut,
+    summary="Cancel a request that is not being unlearned yet (409 once it is)",
+)
+def cancel_request(request_id: str, session: SessionDep, caller: WriteDep) -> ErasureRequestOut:
+    request = intake.cancel_request(session, caller.tenant_id, request_id, caller.actor)
+    session.commit()
+    dispatch.flush_outbox()
+    return request_out(session, request)
+
+
+@router.post(
+    "/{request_id}/extension",
+    response_model=ErasureRequestOut,
+    summary="Extend the deadline by up to two further months, with the reason",
+)
+def extend_request(
+    request_id: str, body: ExtensionIn, session: SessionDep, caller: WriteDep
+) -> ErasureRequestOut:
+    request = intake.extend_deadline(
+        session, caller.tenant_id, request_id, body.months, body.reason, caller.actor
+    )
+    session.commit()
+    return request_out(session, request)
+
+
+@router.get(
+    "/{request_id}/report",
+    summary="Compliance report: timeline, verification, certificate (JSON or HTML)",
+    responses={200: {"content": {"text/html": {}}}},
+)
+def report(
+    request_id: str,
+    request: Request,
+    session: SessionDep,
+    caller: ReadDep,
+    format: Annotated[str | None, Query(pattern="^(json|html)$")] = None,
+) -> object:
+    data = reports.compliance_report(session, caller.tenant_id, request_id)
+    wants_html = format == "html" or (
+        format is None and "text/html" in request.headers.get("accept", "")
+    )
+    if wants_html:
+        from app.api.templates import templates
+
+        return HTMLResponse(templates.get_template("report.html").render(r=data))
+    return data

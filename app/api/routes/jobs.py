@@ -1,23 +1,29 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from app.api.deps import ReadDep, SessionDep
-from app.api.schemas import CertificateOut, JobOut, Progress
+from app.api.schemas import (
+    CertificateOut,
+    CertificatePage,
+    CertificateSummary,
+    JobOut,
+    JobPage,
+    Progress,
+)
 from app.db.models import Certificate, ErasureRequest, Model, UnlearningJob
 from app.services.errors import NotFound
+from app.services.pagination import paginate
+from app.settings import get_settings
 
 router = APIRouter(tags=["jobs and certificates"])
 
 
-@router.get("/v1/jobs/{job_id}", response_model=JobOut)
-def get_job(job_id: str, session: SessionDep, caller: ReadDep) -> JobOut:
-    job = session.get(UnlearningJob, job_id)
-    if job is None or job.tenant_id != caller.tenant_id:
-        raise NotFound(f"no job {job_id}")
+def job_out(session: SessionDep, job: UnlearningJob) -> JobOut:
     model = session.get(Model, job.model_id)
     request_ids = session.scalars(
         select(ErasureRequest.id).where(ErasureRequest.job_id == job.id)
@@ -41,8 +47,33 @@ def get_job(job_id: str, session: SessionDep, caller: ReadDep) -> JobOut:
     )
 
 
+@router.get("/v1/jobs", response_model=JobPage, summary="List unlearning jobs, newest first")
+def list_jobs(
+    session: SessionDep,
+    caller: ReadDep,
+    status: str | None = None,
+    model: str | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> JobPage:
+    stmt = select(UnlearningJob).where(UnlearningJob.tenant_id == caller.tenant_id)
+    if status:
+        stmt = stmt.where(UnlearningJob.status == status)
+    if model:
+        stmt = stmt.join(Model, Model.id == UnlearningJob.model_id).where(Model.name == model)
+    page = paginate(session, stmt, UnlearningJob.created_at, UnlearningJob.id, cursor, limit)
+    return JobPage(items=[job_out(session, j) for j in page.items], next_cursor=page.next_cursor)
+
+
+@router.get("/v1/jobs/{job_id}", response_model=JobOut)
+def get_job(job_id: str, session: SessionDep, caller: ReadDep) -> JobOut:
+    job = session.get(UnlearningJob, job_id)
+    if job is None or job.tenant_id != caller.tenant_id:
+        raise NotFound(f"no job {job_id}")
+    return job_out(session, job)
+
+
 def certificate_envelope(cert: Certificate) -> dict[str, str]:
-    from app.settings import get_settings
     from workers.engine.certificates import public_keys
 
     keys = public_keys(get_settings().data_dir / "keys")
@@ -52,6 +83,29 @@ def certificate_envelope(cert: Certificate) -> dict[str, str]:
         "key_id": cert.key_id,
         "public_key": keys.get(cert.key_id, ""),
     }
+
+
+@router.get("/v1/certificates", response_model=CertificatePage)
+def list_certificates(
+    session: SessionDep,
+    caller: ReadDep,
+    passed: bool | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> CertificatePage:
+    stmt = select(Certificate).where(Certificate.tenant_id == caller.tenant_id)
+    if passed is not None:
+        stmt = stmt.where(Certificate.passed == passed)
+    page = paginate(session, stmt, Certificate.created_at, Certificate.id, cursor, limit)
+    return CertificatePage(
+        items=[
+            CertificateSummary(
+                id=c.id, job_id=c.job_id, passed=c.passed, key_id=c.key_id, created_at=c.created_at
+            )
+            for c in page.items
+        ],
+        next_cursor=page.next_cursor,
+    )
 
 
 @router.get("/v1/certificates/{certificate_id}", response_model=CertificateOut)

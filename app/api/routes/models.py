@@ -1,11 +1,15 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+from sqlalchemy import select
 
 from app.api.deps import ModelsAdminDep, ReadDep, SessionDep
-from app.api.schemas import GenerateIn, GenerateOut, ModelCreate, ModelOut, VersionOut
+from app.api.schemas import GenerateIn, GenerateOut, ModelCreate, ModelOut, VersionOut, VersionPage
 from app.db.models import Model, ModelVersion
 from app.services import generation, registry
+from app.services.pagination import paginate
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -51,23 +55,34 @@ def get_model(name: str, session: SessionDep, caller: ReadDep) -> ModelOut:
     return model_out(session, registry.get_model(session, caller.tenant_id, name))
 
 
-@router.get("/{name}/versions", response_model=list[VersionOut])
-def list_versions(name: str, session: SessionDep, caller: ReadDep) -> list[VersionOut]:
+@router.get("/{name}/versions", response_model=VersionPage, summary="Versions, newest first")
+def list_versions(
+    name: str,
+    session: SessionDep,
+    caller: ReadDep,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> VersionPage:
     model = registry.get_model(session, caller.tenant_id, name)
-    return [
-        VersionOut(
-            id=v.id,
-            number=v.number,
-            parent_id=v.parent_id,
-            adapter_sha256=v.adapter_sha256,
-            adapter_count=len(v.adapter_chain),
-            job_id=v.job_id,
-            certificate_id=v.certificate_id,
-            production=v.id == model.production_version_id,
-            created_at=v.created_at,
-        )
-        for v in registry.list_versions(session, model)
-    ]
+    stmt = select(ModelVersion).where(ModelVersion.model_id == model.id)
+    page = paginate(session, stmt, ModelVersion.number, ModelVersion.id, cursor, limit)
+    return VersionPage(
+        items=[
+            VersionOut(
+                id=v.id,
+                number=v.number,
+                parent_id=v.parent_id,
+                adapter_sha256=v.adapter_sha256,
+                adapter_count=len(v.adapter_chain),
+                job_id=v.job_id,
+                certificate_id=v.certificate_id,
+                production=v.id == model.production_version_id,
+                created_at=v.created_at,
+            )
+            for v in page.items
+        ],
+        next_cursor=page.next_cursor,
+    )
 
 
 @router.post(
