@@ -77,8 +77,16 @@ def serve(
 @cli.command()
 def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
+    queue: Annotated[
+        str,
+        typer.Option(
+            help="`gpu` (unlearning jobs, one process per GPU) or `webhooks` (deliveries)"
+        ),
+    ] = "gpu",
 ) -> None:
-    """Run a Celery worker on queue `gpu`: one process, one job at a time (one per GPU)."""
+    """Run a Celery worker: one process, one task at a time."""
+    if queue not in ("gpu", "webhooks"):
+        raise typer.BadParameter("queue must be gpu or webhooks", param_hint="--queue")
     settings = get_settings()
     if settings.embedded_broker:
         typer.echo(
@@ -94,7 +102,7 @@ def worker(
         [
             "worker",
             "-Q",
-            "gpu",
+            queue,
             "--pool",
             "solo",
             "--concurrency",

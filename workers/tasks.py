@@ -3,7 +3,7 @@ stage's service function, which re-reads the job and does nothing if it moved on
 
 from __future__ import annotations
 
-from app.services import jobs
+from app.services import jobs, webhooks
 from workers.celery_app import celery_app
 
 
@@ -19,6 +19,11 @@ def unlearn(job_id: str) -> None:
 @celery_app.task(name="lethe.verify")
 def verify(job_id: str) -> None:
     jobs.run_verify(job_id)
+
+
+@celery_app.task(name="lethe.deliver_webhook")
+def deliver_webhook(delivery_id: str) -> None:
+    webhooks.deliver(delivery_id)
 
 
 @celery_app.task(name="lethe.publish")

@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from app.api import errors
 from app.api.middleware import BodySizeLimit
-from app.api.routes import admin, erasure, health, jobs, models
+from app.api.routes import admin, erasure, health, jobs, models, webhooks
 from app.settings import get_settings
 
 
@@ -18,6 +18,6 @@ def create_app() -> FastAPI:
     )
     errors.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=get_settings().max_body_bytes)
-    for module in (health, models, erasure, jobs, admin):
+    for module in (health, models, erasure, jobs, admin, webhooks):
         app.include_router(module.router)
     return app

@@ -296,6 +296,8 @@ class WebhookDelivery(Base):
     endpoint_id: Mapped[str] = mapped_column(
         String(36), ForeignKey("webhook_endpoints.id"), index=True
     )
+    # the Standard Webhooks message id: the same for retries and manual replays
+    message_id: Mapped[str] = mapped_column(String(64))
     event_type: Mapped[str] = mapped_column(String(60))
     # thin payload: ids and statuses only, never personal data
     payload: Mapped[str] = mapped_column(Text)

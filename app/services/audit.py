@@ -80,6 +80,9 @@ def record(
         data=data,
     )
     session.add(event)
+    from app.services import webhooks
+
+    webhooks.on_event(session, tenant_id, seq, action, entity_type, entity_id, at.isoformat(), data)
     return event
 
 

@@ -23,6 +23,7 @@ log = logging.getLogger("lethe.dispatch")
 
 TASKS = ("unlearn", "verify", "publish")
 QUEUE = "gpu"
+WEBHOOK_QUEUE = "webhooks"
 
 
 class Transport(Protocol):
@@ -43,7 +44,7 @@ class CeleryTransport:
         self._app.send_task(
             f"lethe.{task}",
             args=[job_id],
-            queue=QUEUE,
+            queue=WEBHOOK_QUEUE if task == "deliver_webhook" else QUEUE,
             retry=True,
             retry_policy={"max_retries": 1, "interval_start": 0.2},
         )

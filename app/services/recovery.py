@@ -80,12 +80,19 @@ def schedule_waiting_models() -> int:
 
 
 def maintain_once() -> None:
-    try:
-        requeue_stalled_jobs()
-        schedule_waiting_models()
-    except Exception as exc:  # database down: try again next round
-        log.warning("maintenance round failed: %s", exc)
-    dispatch.flush_outbox()
+    from app.services import idempotency, webhooks
+
+    for step in (
+        requeue_stalled_jobs,
+        schedule_waiting_models,
+        dispatch.flush_outbox,
+        webhooks.dispatch_due,
+        idempotency.purge_expired,
+    ):
+        try:
+            step()
+        except Exception as exc:  # database or broker down: try again next round
+            log.warning("maintenance step %s failed: %s", step.__name__, exc)
 
 
 def start_maintenance_thread(stop: threading.Event | None = None) -> threading.Event:

@@ -113,6 +113,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=36), nullable=False),
         sa.Column("tenant_id", sa.String(length=36), nullable=False),
         sa.Column("endpoint_id", sa.String(length=36), nullable=False),
+        sa.Column("message_id", sa.String(length=64), nullable=False),
         sa.Column("event_type", sa.String(length=60), nullable=False),
         sa.Column("payload", sa.Text(), nullable=False),
         sa.Column("status", sa.String(length=20), nullable=False),
