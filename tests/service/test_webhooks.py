@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
-from standardwebhooks import Webhook
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from app.db.base import utcnow
 from app.db.models import WebhookDelivery
@@ -123,7 +123,7 @@ def test_events_are_delivered_signed_and_thin(setup):
         assert payload["data"]["id"] == req["id"]
         assert "Wanda" not in body.decode() and "secret agent" not in body.decode()
     tampered_headers, body = mine[0]
-    with pytest.raises(Exception):
+    with pytest.raises(WebhookVerificationError):
         verifier.verify(body.replace(b"request", b"REQUEST"), tampered_headers)
     log = client.get(f"/v1/webhooks/{hook['id']}/deliveries", headers=headers).json()
     assert {d["status"] for d in log["items"]} == {"delivered"}
