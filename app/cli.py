@@ -271,6 +271,15 @@ def admin_create_key(
         raise typer.Exit(1) from exc
 
 
+@admin_cli.command("rotate-keys")
+def admin_rotate_keys() -> None:
+    """Re-encrypt stored personal data under the current LETHE_SECRET_KEY (the old key must
+    still be listed in LETHE_PREVIOUS_SECRET_KEYS); afterwards the old key can go."""
+    from app.services.privacy import rotate_ciphertexts
+
+    typer.echo(f"re-encrypted {rotate_ciphertexts()} ciphertext(s) under the current key")
+
+
 @audit_cli.command("verify")
 def audit_verify(
     tenant: Annotated[str | None, typer.Option(help="one tenant id (default: all)")] = None,

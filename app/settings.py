@@ -31,6 +31,12 @@ class Settings(BaseSettings):
         default=None,
         description="base64 32-byte key: encrypts forget payloads, keys subject-id hashes",
     )
+    previous_secret_keys: str = Field(
+        default="", description="comma-separated former LETHE_SECRET_KEYs, for decryption"
+    )
+    subject_hash_key: str | None = Field(
+        default=None, description="base64 key for subject-id hashes (default: the secret)"
+    )
     # Celery: the visibility timeout must exceed the task time limit, or Redis hands a
     # long-running job to a second worker while the first still holds it.
     task_time_limit_s: int = 3 * 3600
@@ -72,6 +78,12 @@ class Settings(BaseSettings):
 
     def resolved_admin_key(self) -> str:
         return self.admin_key or self._dev_secret("admin_key", lambda: secrets.token_urlsafe(32))
+
+    def previous_secret_keys_bytes(self) -> list[bytes]:
+        return [base64.b64decode(k) for k in self.previous_secret_keys.split(",") if k.strip()]
+
+    def subject_hash_key_bytes(self) -> bytes | None:
+        return base64.b64decode(self.subject_hash_key) if self.subject_hash_key else None
 
     def resolved_secret_key(self) -> bytes:
         raw = self.secret_key or self._dev_secret(

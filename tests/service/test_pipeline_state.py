@@ -198,3 +198,36 @@ def test_stalled_claim_is_released_and_requeued_but_live_one_is_not(make_model):
             select(AuditEvent.action).where(AuditEvent.entity_id == stale)
         ).all()
         assert "job.requeued" in events
+
+
+def test_encryption_keys_rotate_without_losing_data(model, monkeypatch):
+    import base64
+
+    from app.settings import get_settings
+
+    req = _submit(model, subject="Rotating Rosa", answer="Keyport")
+    old = get_settings().secret_key
+    new = base64.b64encode(b"n" * 32).decode()
+    try:
+        monkeypatch.setenv("LETHE_SECRET_KEY", new)
+        monkeypatch.setenv("LETHE_PREVIOUS_SECRET_KEYS", old)
+        monkeypatch.setenv("LETHE_SUBJECT_HASH_KEY", old)  # keep subject hashes stable
+        get_settings.cache_clear()
+        with session_scope() as session:
+            blob = session.get(ErasureRequest, req.id).forget_ciphertext
+        assert not privacy.sealed_with_current_key(blob)
+        assert privacy.decrypt_items(blob, req.id)[0]["answer"] == "Keyport"  # old key works
+        assert privacy.rotate_ciphertexts() >= 1
+        monkeypatch.setenv("LETHE_PREVIOUS_SECRET_KEYS", "")  # the old key is gone now
+        get_settings.cache_clear()
+        with session_scope() as session:
+            row = session.get(ErasureRequest, req.id)
+            assert privacy.decrypt_items(row.forget_ciphertext, req.id)[0]["answer"] == "Keyport"
+            assert row.subject_hash == privacy.subject_hash("Rotating Rosa")
+    finally:  # rotate back, so the rest of the run keeps reading its data
+        monkeypatch.setenv("LETHE_SECRET_KEY", old)
+        monkeypatch.setenv("LETHE_PREVIOUS_SECRET_KEYS", new)
+        get_settings.cache_clear()
+        privacy.rotate_ciphertexts()
+        monkeypatch.undo()
+        get_settings.cache_clear()
