@@ -23,10 +23,10 @@ cli.add_typer(admin_cli, name="admin")
 cli.add_typer(audit_cli, name="audit")
 
 
-def _logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+def _logging(level: int = logging.INFO, json_logs: bool | None = None) -> None:
+    from app.observability import configure_logging
+
+    configure_logging(level, get_settings().json_logs if json_logs is None else json_logs)
 
 
 def run_migrations() -> None:
@@ -71,7 +71,7 @@ def serve(
     if settings.admin_key is None:
         typer.echo(f"development admin key (Bearer): {settings.resolved_admin_key()}", err=True)
     start_maintenance_thread()
-    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(), host=host, port=port, log_level="info", log_config=None)
 
 
 @cli.command()
@@ -150,7 +150,7 @@ def demo(
         get_settings.cache_clear()
     from app.demo import run_demo
 
-    _logging(logging.WARNING)
+    _logging(logging.WARNING, json_logs=False)
     run_migrations()
     say = (lambda _m: None) if json_output else typer.echo
     with (

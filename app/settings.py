@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     max_batch_size: int = 50
     device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'")
     generation_max_new_tokens: int = 64
+    worker_metrics_port: int = Field(
+        default=0, description="Prometheus port of `lethe worker` (0: none)"
+    )
+    json_logs: bool = Field(default=True, description="one JSON object per log line")
     max_body_bytes: int = Field(default=1_048_576, description="413 above this")
     rate_limit: str = Field(default="1200/minute", description="per API key (limits syntax)")
 

@@ -44,6 +44,11 @@ def _start_maintenance(**_: object) -> None:
     from app.services.recovery import start_maintenance_thread
 
     _maintenance_stop = start_maintenance_thread()
+    port = get_settings().worker_metrics_port
+    if port:
+        from prometheus_client import start_http_server
+
+        start_http_server(port)
 
 
 @worker_shutting_down.connect

@@ -161,6 +161,8 @@ class UnlearningJob(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the X-Request-ID of the HTTP request that caused the job, carried into worker logs
+    correlation_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     certificate_id: Mapped[str | None] = mapped_column(
         String(36), ForeignKey("certificates.id", use_alter=True), nullable=True
     )
@@ -200,6 +202,7 @@ class ErasureRequest(Base):
         String(36), ForeignKey("certificates.id"), nullable=True
     )
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    correlation_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # received + 1 month; an extension (up to two further months) records its reason
     due_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.db.base import new_id, utcnow
 from app.db.models import ErasureRequest, JobStatus, RequestStatus, UnlearningJob
+from app.observability import correlation_id
 from app.services import audit, privacy, registry, scheduling
 from app.services.errors import Conflict, InvalidInput, NotFound
 
@@ -48,6 +49,7 @@ def submit_erasure_request(
         status=RequestStatus.received,
         received_at=received,
         due_at=add_months(received, 1),
+        correlation_id=correlation_id.get(),
     )
     request.forget_ciphertext = privacy.encrypt_items(forget, request.id)
     session.add(request)

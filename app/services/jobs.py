@@ -9,10 +9,12 @@ releases the claim and re-enqueues the stage (see :mod:`app.services.recovery`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from app.db.models import (
     UnlearningJob,
 )
 from app.db.session import session_scope
+from app.observability import STAGE_SECONDS, correlation_id
 from app.services import audit, dispatch, privacy, scheduling
 from app.settings import get_settings
 
@@ -223,6 +226,36 @@ def _npo_config(config: dict[str, Any]) -> Any:
     return NPOConfig(**{k: v for k, v in config.items() if k in known})
 
 
+def stage(name: str) -> Callable[[Callable[[str], None]], Callable[[str], None]]:
+    """Run a stage under its job's correlation id, timed into the stage histogram."""
+
+    def wrap(fn: Callable[[str], None]) -> Callable[[str], None]:
+        @functools.wraps(fn)
+        def run(job_id: str) -> None:
+            try:
+                with session_scope() as session:
+                    cid = session.scalar(
+                        select(UnlearningJob.correlation_id).where(UnlearningJob.id == job_id)
+                    )
+            except Exception:
+                cid = None
+            token = correlation_id.set(cid or f"job-{job_id}")
+            started = time.perf_counter()
+            outcome = "error"
+            try:
+                log.info("stage %s of job %s starts", name, job_id)
+                fn(job_id)
+                outcome = "done"
+            finally:
+                STAGE_SECONDS.labels(name, outcome).observe(time.perf_counter() - started)
+                correlation_id.reset(token)
+
+        return run
+
+    return wrap
+
+
+@stage("unlearn")
 def run_unlearn(job_id: str) -> None:
     """Stage 1: train the LoRA adapter that forgets the batch; then enqueue verify."""
     claim = _claim(job_id, (JobStatus.queued, JobStatus.unlearning), JobStatus.unlearning)
@@ -314,6 +347,7 @@ def run_unlearn(job_id: str) -> None:
     dispatch.flush_outbox()
 
 
+@stage("verify")
 def run_verify(job_id: str) -> None:
     """Stage 2: measure parent and candidate, judge, sign the certificate; on pass
     enqueue publish, on failure fail the job with its evidence."""
@@ -460,6 +494,7 @@ def _chain_digests(session: Session, version: ModelVersion) -> list[str]:
     return digests[::-1]
 
 
+@stage("publish")
 def run_publish(job_id: str) -> None:
     """Stage 3, one transaction: new version, ``production`` moves, requests complete,
     forget payloads purged (their digests stay for the certificate)."""

@@ -15,6 +15,7 @@ from app.db.models import (
     RequestStatus,
     UnlearningJob,
 )
+from app.observability import correlation_id
 from app.services import audit, dispatch
 from app.settings import get_settings
 
@@ -57,6 +58,7 @@ def schedule(session: Session, model_id: str) -> UnlearningJob | None:
         method=str(model.unlearning_config.get("method", "npo")),
         config=dict(model.unlearning_config),
         heartbeat_at=utcnow(),
+        correlation_id=correlation_id.get(),
     )
     session.add(job)
     session.flush()

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from app.db.base import utcnow
 from app.db.models import WebhookDelivery, WebhookEndpoint
 from app.db.session import session_scope
+from app.observability import WEBHOOK_FAILURES
 from app.services import privacy
 from app.services.errors import InvalidInput, NotFound
 from app.settings import get_settings
@@ -310,6 +311,7 @@ def deliver(delivery_id: str, client: httpx.Client | None = None) -> str:
             delivery.status = "pending"
             delivery.next_attempt_at = utcnow() + timedelta(seconds=backoff_s(delivery.attempts))
         if delivery.status != "delivered":
+            WEBHOOK_FAILURES.inc()
             log.info("webhook delivery %s: %s (HTTP %s)", delivery_id, delivery.status, code)
         return delivery.status
 
