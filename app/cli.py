@@ -18,6 +18,8 @@ certificate_cli = typer.Typer(no_args_is_help=True, help="Unlearning certificate
 cli.add_typer(demo_model_cli, name="demo-model")
 admin_cli = typer.Typer(no_args_is_help=True, help="Tenants and API keys.")
 audit_cli = typer.Typer(no_args_is_help=True, help="The audit log.")
+jobs_cli = typer.Typer(no_args_is_help=True, help="Operate on unlearning jobs.")
+cli.add_typer(jobs_cli, name="jobs")
 cli.add_typer(certificate_cli, name="certificate")
 cli.add_typer(admin_cli, name="admin")
 cli.add_typer(audit_cli, name="audit")
@@ -278,6 +280,54 @@ def admin_rotate_keys() -> None:
     from app.services.privacy import rotate_ciphertexts
 
     typer.echo(f"re-encrypted {rotate_ciphertexts()} ciphertext(s) under the current key")
+
+
+def _job_action(job_id: str, action: str) -> None:
+    from app.db.session import session_scope
+    from app.services import dispatch, operations
+    from app.services.errors import LetheError
+
+    try:
+        with session_scope() as session:
+            job = operations.get_job(session, job_id)
+            if action == "cancel":
+                operations.cancel_job(session, job, "cli")
+            elif action == "requeue":
+                operations.requeue_job(session, job, "cli")
+            typer.echo(json.dumps(operations.describe(session, job), indent=2))
+    except LetheError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(1) from exc
+    dispatch.flush_outbox()
+
+
+@jobs_cli.command("inspect")
+def jobs_inspect(job_id: str) -> None:
+    """Show a job's state, claim, heartbeat, progress and requests."""
+    _job_action(job_id, "inspect")
+
+
+@jobs_cli.command("cancel")
+def jobs_cancel(job_id: str) -> None:
+    """Cancel a queued job, or ask a running one to stop."""
+    _job_action(job_id, "cancel")
+
+
+@jobs_cli.command("requeue")
+def jobs_requeue(job_id: str) -> None:
+    """Run the job's current stage again (a failed job starts over)."""
+    _job_action(job_id, "requeue")
+
+
+@jobs_cli.command("stuck")
+def jobs_stuck() -> None:
+    """List active jobs whose worker stopped heartbeating (older than the lease)."""
+    from app.db.session import session_scope
+    from app.services import operations
+
+    with session_scope() as session:
+        rows = [operations.describe(session, j) for j in operations.stuck_jobs(session)]
+    typer.echo(json.dumps(rows, indent=2))
 
 
 @audit_cli.command("verify")

@@ -123,6 +123,7 @@ class Progress(BaseModel):
     step: int
     total_steps: int
     loss: float | None
+    eta_seconds: float | None = Field(default=None, description="estimated seconds left")
 
 
 class JobOut(BaseModel):

@@ -281,14 +281,17 @@ def run_unlearn(job_id: str) -> None:
             ).resolve()
             last = [0.0]
 
+            began = time.monotonic()
+
             def on_progress(step: int, total: int, loss: float) -> bool:
                 if claim.lost.is_set() or claim.cancel.is_set():
                     return False
                 now = time.monotonic()
                 if now - last[0] >= PROGRESS_INTERVAL_S or step == total:
                     last[0] = now
+                    eta = (time.monotonic() - began) / step * (total - step) if step else None
                     with session_scope() as session:
-                        session.execute(
+                        row = session.execute(
                             update(UnlearningJob)
                             .where(
                                 UnlearningJob.id == job_id, UnlearningJob.claim_token == claim.token
@@ -297,9 +300,17 @@ def run_unlearn(job_id: str) -> None:
                                 step=step,
                                 total_steps=total,
                                 loss=float(loss),
+                                eta_seconds=eta,
                                 heartbeat_at=utcnow(),
                             )
-                        )
+                            .returning(UnlearningJob.cancel_requested)
+                        ).first()
+                    if row is None:  # our claim was released: someone else runs this now
+                        claim.lost.set()
+                        return False
+                    if row[0]:  # cancel requested: stop within a progress interval
+                        claim.cancel.set()
+                        return False
                 return True
 
             result = unlearn(
@@ -320,7 +331,7 @@ def run_unlearn(job_id: str) -> None:
                     job.status = JobStatus.cancelled
                     job.claim_token = None
                     job.finished_at = utcnow()
-                    _set_requests(session, job_id, RequestStatus.cancelled)
+                    _set_requests(session, job_id, RequestStatus.cancelled, forget_ciphertext=None)
                     audit.record(session, job.tenant_id, "job.cancelled", "unlearning_job", job_id)
                     scheduling.schedule(session, job.model_id)
             dispatch.flush_outbox()
@@ -448,7 +459,21 @@ def run_verify(job_id: str) -> None:
                     "verification": verdict.to_dict(),
                     "verification_seconds": before.seconds + after.seconds,
                 }
-                if verdict.passed:
+                cancelled = session.scalar(
+                    select(UnlearningJob.cancel_requested).where(UnlearningJob.id == job_id)
+                )
+                if cancelled:  # asked to stop while verifying: publish nothing
+                    _transition(
+                        session,
+                        claim,
+                        JobStatus.cancelled,
+                        certificate_id=cert.id,
+                        metrics=metrics,
+                        finished_at=utcnow(),
+                    )
+                    _set_requests(session, job_id, RequestStatus.cancelled, forget_ciphertext=None)
+                    scheduling.schedule(session, inputs.model.id)
+                elif verdict.passed:
                     _transition(
                         session,
                         claim,

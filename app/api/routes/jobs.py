@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from app.api.deps import ReadDep, SessionDep
+from app.api.deps import ModelsAdminDep, ReadDep, SessionDep
 from app.api.schemas import (
     CertificateOut,
     CertificatePage,
@@ -16,6 +16,7 @@ from app.api.schemas import (
     Progress,
 )
 from app.db.models import Certificate, ErasureRequest, Model, UnlearningJob
+from app.services import dispatch, operations
 from app.services.errors import NotFound
 from app.services.pagination import paginate
 from app.settings import get_settings
@@ -35,7 +36,9 @@ def job_out(session: SessionDep, job: UnlearningJob) -> JobOut:
         method=job.method,
         config=job.config,
         attempts=job.attempts,
-        progress=Progress(step=job.step, total_steps=job.total_steps, loss=job.loss),
+        progress=Progress(
+            step=job.step, total_steps=job.total_steps, loss=job.loss, eta_seconds=job.eta_seconds
+        ),
         metrics=job.metrics,
         error=job.error,
         request_ids=list(request_ids),
@@ -122,3 +125,16 @@ def get_certificate(certificate_id: str, session: SessionDep, caller: ReadDep) -
         envelope=certificate_envelope(cert),
         created_at=cert.created_at,
     )
+
+
+@router.post(
+    "/v1/jobs/{job_id}/cancel",
+    response_model=JobOut,
+    summary="Cancel a queued job, or ask a running one to stop (within seconds)",
+)
+def cancel_job(job_id: str, session: SessionDep, caller: ModelsAdminDep) -> JobOut:
+    job = operations.get_job(session, job_id, caller.tenant_id)
+    operations.cancel_job(session, job, caller.actor)
+    session.commit()
+    dispatch.flush_outbox()
+    return job_out(session, job)
