@@ -86,7 +86,9 @@ def worker(
         ),
     ] = "gpu",
 ) -> None:
-    """Run a Celery worker: one process, one task at a time."""
+    """Run a Celery worker. On `gpu`: one job at a time, each task in a fresh child process
+    (so GPU memory is returned between jobs); pin it with CUDA_VISIBLE_DEVICES, one worker
+    per GPU. On `webhooks`: concurrent deliveries in threads."""
     if queue not in ("gpu", "webhooks"):
         raise typer.BadParameter("queue must be gpu or webhooks", param_hint="--queue")
     settings = get_settings()
@@ -100,21 +102,39 @@ def worker(
     _logging()
     from workers.celery_app import celery_app
 
+    pool = (
+        ["--pool", "prefork", "--concurrency", "1", "--max-tasks-per-child", "1"]
+        if queue == "gpu"
+        else ["--pool", "threads", "--concurrency", "8"]
+    )
     celery_app.worker_main(
         [
             "worker",
             "-Q",
             queue,
-            "--pool",
-            "solo",
-            "--concurrency",
-            "1",
+            *pool,
             "--loglevel",
             loglevel,
             "--without-gossip",
             "--without-mingle",
         ]
     )
+
+
+@cli.command()
+def scheduler() -> None:
+    """Run the maintenance loop alone: batch pending requests, send the outbox, requeue
+    stages of dead workers, hand due webhook deliveries to the workers."""
+    import threading
+
+    from app.services.recovery import maintain_once
+
+    _logging()
+    interval = get_settings().maintenance_interval_s
+    logging.getLogger("lethe.scheduler").info("scheduler running every %.1f s", interval)
+    stop = threading.Event()
+    while not stop.wait(interval):
+        maintain_once()
 
 
 @demo_model_cli.command("build")
