@@ -17,9 +17,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
@@ -168,10 +169,13 @@ def _fail(session: Session, job: UnlearningJob, reason: str) -> None:
 
 
 def _fail_claimed(claim: Claim, reason: str) -> None:
-    with session_scope() as session:
-        job = session.get(UnlearningJob, claim.job_id)
-        if job is not None and job.claim_token == claim.token:
-            _fail(session, job, reason)
+    def fail() -> None:
+        with session_scope() as session:
+            job = session.get(UnlearningJob, claim.job_id)
+            if job is not None and job.claim_token == claim.token:
+                _fail(session, job, reason)
+
+    _db_retry(fail, f"failing job {claim.job_id}")
     dispatch.flush_outbox()
 
 
@@ -224,6 +228,44 @@ def _npo_config(config: dict[str, Any]) -> Any:
 
     known = set(NPOConfig.__dataclass_fields__)
     return NPOConfig(**{k: v for k, v in config.items() if k in known})
+
+
+DB_ERRORS = (OperationalError, InterfaceError)
+T = TypeVar("T")
+
+
+def _db_retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
+    """Run a transaction, retrying while the database is unreachable (a restart or
+    fail-over takes seconds); about 30 s in all before giving up."""
+    delay = 0.5
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except DB_ERRORS as exc:
+            if attempt == attempts - 1:
+                raise
+            log.warning("%s: database unavailable (%s); retrying in %.1f s", what, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+    raise AssertionError("unreachable")
+
+
+def _write_progress(
+    job_id: str, claim: Claim, step: int, total: int, loss: float, eta: float | None
+) -> Any:
+    with session_scope() as session:
+        return session.execute(
+            update(UnlearningJob)
+            .where(UnlearningJob.id == job_id, UnlearningJob.claim_token == claim.token)
+            .values(
+                step=step,
+                total_steps=total,
+                loss=float(loss),
+                eta_seconds=eta,
+                heartbeat_at=utcnow(),
+            )
+            .returning(UnlearningJob.cancel_requested)
+        ).first()
 
 
 def stage(name: str) -> Callable[[Callable[[str], None]], Callable[[str], None]]:
@@ -290,21 +332,11 @@ def run_unlearn(job_id: str) -> None:
                 if now - last[0] >= PROGRESS_INTERVAL_S or step == total:
                     last[0] = now
                     eta = (time.monotonic() - began) / step * (total - step) if step else None
-                    with session_scope() as session:
-                        row = session.execute(
-                            update(UnlearningJob)
-                            .where(
-                                UnlearningJob.id == job_id, UnlearningJob.claim_token == claim.token
-                            )
-                            .values(
-                                step=step,
-                                total_steps=total,
-                                loss=float(loss),
-                                eta_seconds=eta,
-                                heartbeat_at=utcnow(),
-                            )
-                            .returning(UnlearningJob.cancel_requested)
-                        ).first()
+                    try:
+                        row = _write_progress(job_id, claim, step, total, loss, eta)
+                    except DB_ERRORS as exc:  # a database blip must not cost the training
+                        log.warning("progress of job %s not saved: %s", job_id, exc)
+                        return True
                     if row is None:  # our claim was released: someone else runs this now
                         claim.lost.set()
                         return False
@@ -336,25 +368,34 @@ def run_unlearn(job_id: str) -> None:
                     scheduling.schedule(session, job.model_id)
             dispatch.flush_outbox()
             return
+        except DB_ERRORS:
+            raise  # transient: the claim lapses and the maintenance loop runs the stage again
         except Exception as exc:
             log.exception("unlearning job %s failed", job_id)
             _fail_claimed(claim, f"unlearning failed: {type(exc).__name__}: {exc}")
             return
-        with session_scope() as session:
-            summary = result.to_dict()
-            summary.pop("loss_history", None)
-            _transition(
-                session,
-                claim,
-                JobStatus.verifying,
-                adapter_path=result.adapter_dir,
-                adapter_sha256=result.adapter_sha256,
-                step=result.steps,
-                total_steps=result.steps,
-                loss=result.final_loss,
-                metrics={"unlearning": summary},
-            )
-            dispatch.enqueue(session, "verify", job_id)
+
+        def finish() -> None:
+            with session_scope() as session:
+                summary = result.to_dict()
+                summary.pop("loss_history", None)
+                _transition(
+                    session,
+                    claim,
+                    JobStatus.verifying,
+                    adapter_path=result.adapter_dir,
+                    adapter_sha256=result.adapter_sha256,
+                    step=result.steps,
+                    total_steps=result.steps,
+                    loss=result.final_loss,
+                    metrics={"unlearning": summary},
+                )
+                dispatch.enqueue(session, "verify", job_id)
+
+        try:
+            _db_retry(finish, f"job {job_id} to verifying")
+        except ClaimLost:
+            return
     dispatch.flush_outbox()
 
 
@@ -395,113 +436,123 @@ def run_verify(job_id: str) -> None:
             )
             after = measure(candidate, tokenizer, forget, retain, holdout)
             verdict = judge(before, after)
-            with session_scope() as session:
-                requests = list(
-                    session.scalars(select(ErasureRequest).where(ErasureRequest.job_id == job_id))
-                )
-                document = {
-                    "certificate_id": str(uuid.uuid4()),
-                    "issued_at": utcnow().isoformat(),
-                    "model": {
-                        "id": inputs.model.id,
-                        "name": inputs.model.name,
-                        "base_sha256": inputs.model.base_sha256,
-                    },
-                    "parent_version": {
-                        "id": inputs.parent.id,
-                        "number": inputs.parent.number,
-                        "adapter_chain_sha256": _chain_digests(session, inputs.parent),
-                    },
-                    "job_id": job_id,
-                    "method": job.method,
-                    "config": job.metrics.get("unlearning", {}).get("config", {}),
-                    "adapter_sha256": job.adapter_sha256,
-                    "requests": [
-                        {
-                            "id": r.id,
-                            "subject_hash": r.subject_hash,
-                            "forget_item_sha256": r.forget_digests,
-                        }
-                        for r in requests
-                    ],
-                    "metrics": verdict.metrics,
-                    "thresholds": verdict.thresholds,
-                    "policy": verdict.policy,
-                    "verdict": "passed" if verdict.passed else "failed",
-                    "reasons": verdict.reasons,
-                    "passed": verdict.passed,
-                }
-                key = certificates.load_or_create_signing_key(settings.data_dir / "keys")
-                envelope = certificates.sign(document, key)
-                cert = Certificate(
-                    id=document["certificate_id"],
-                    tenant_id=inputs.model.tenant_id,
-                    job_id=job_id,
-                    model_id=inputs.model.id,
-                    passed=verdict.passed,
-                    document=envelope["document"],
-                    signature=envelope["signature"],
-                    key_id=key.key_id,
-                )
-                session.add(cert)
-                session.flush()
-                audit.record(
-                    session,
-                    inputs.model.tenant_id,
-                    "certificate.issued",
-                    "certificate",
-                    cert.id,
-                    job_id=job_id,
-                    passed=verdict.passed,
-                )
-                metrics = {
-                    **job.metrics,
-                    "verification": verdict.to_dict(),
-                    "verification_seconds": before.seconds + after.seconds,
-                }
-                cancelled = session.scalar(
-                    select(UnlearningJob.cancel_requested).where(UnlearningJob.id == job_id)
-                )
-                if cancelled:  # asked to stop while verifying: publish nothing
-                    _transition(
-                        session,
-                        claim,
-                        JobStatus.cancelled,
-                        certificate_id=cert.id,
-                        metrics=metrics,
-                        finished_at=utcnow(),
+
+            def record_verdict() -> None:
+                with session_scope() as session:
+                    requests = list(
+                        session.scalars(
+                            select(ErasureRequest).where(ErasureRequest.job_id == job_id)
+                        )
                     )
-                    _set_requests(session, job_id, RequestStatus.cancelled, forget_ciphertext=None)
-                    scheduling.schedule(session, inputs.model.id)
-                elif verdict.passed:
-                    _transition(
-                        session,
-                        claim,
-                        JobStatus.publishing,
-                        certificate_id=cert.id,
-                        metrics=metrics,
+                    document = {
+                        "certificate_id": str(uuid.uuid4()),
+                        "issued_at": utcnow().isoformat(),
+                        "model": {
+                            "id": inputs.model.id,
+                            "name": inputs.model.name,
+                            "base_sha256": inputs.model.base_sha256,
+                        },
+                        "parent_version": {
+                            "id": inputs.parent.id,
+                            "number": inputs.parent.number,
+                            "adapter_chain_sha256": _chain_digests(session, inputs.parent),
+                        },
+                        "job_id": job_id,
+                        "method": job.method,
+                        "config": job.metrics.get("unlearning", {}).get("config", {}),
+                        "adapter_sha256": job.adapter_sha256,
+                        "requests": [
+                            {
+                                "id": r.id,
+                                "subject_hash": r.subject_hash,
+                                "forget_item_sha256": r.forget_digests,
+                            }
+                            for r in requests
+                        ],
+                        "metrics": verdict.metrics,
+                        "thresholds": verdict.thresholds,
+                        "policy": verdict.policy,
+                        "verdict": "passed" if verdict.passed else "failed",
+                        "reasons": verdict.reasons,
+                        "passed": verdict.passed,
+                    }
+                    key = certificates.load_or_create_signing_key(settings.data_dir / "keys")
+                    envelope = certificates.sign(document, key)
+                    cert = Certificate(
+                        id=document["certificate_id"],
+                        tenant_id=inputs.model.tenant_id,
+                        job_id=job_id,
+                        model_id=inputs.model.id,
+                        passed=verdict.passed,
+                        document=envelope["document"],
+                        signature=envelope["signature"],
+                        key_id=key.key_id,
                     )
-                    dispatch.enqueue(session, "publish", job_id)
-                else:
-                    _transition(
+                    session.add(cert)
+                    session.flush()
+                    audit.record(
                         session,
-                        claim,
-                        JobStatus.failed,
-                        certificate_id=cert.id,
-                        metrics=metrics,
-                        error="; ".join(verdict.reasons),
-                        finished_at=utcnow(),
+                        inputs.model.tenant_id,
+                        "certificate.issued",
+                        "certificate",
+                        cert.id,
+                        job_id=job_id,
+                        passed=verdict.passed,
                     )
-                    _set_requests(
-                        session,
-                        job_id,
-                        RequestStatus.failed,
-                        error="verification failed: " + "; ".join(verdict.reasons),
-                        certificate_id=cert.id,
+                    metrics = {
+                        **job.metrics,
+                        "verification": verdict.to_dict(),
+                        "verification_seconds": before.seconds + after.seconds,
+                    }
+                    cancelled = session.scalar(
+                        select(UnlearningJob.cancel_requested).where(UnlearningJob.id == job_id)
                     )
-                    scheduling.schedule(session, inputs.model.id)
+                    if cancelled:  # asked to stop while verifying: publish nothing
+                        _transition(
+                            session,
+                            claim,
+                            JobStatus.cancelled,
+                            certificate_id=cert.id,
+                            metrics=metrics,
+                            finished_at=utcnow(),
+                        )
+                        _set_requests(
+                            session, job_id, RequestStatus.cancelled, forget_ciphertext=None
+                        )
+                        scheduling.schedule(session, inputs.model.id)
+                    elif verdict.passed:
+                        _transition(
+                            session,
+                            claim,
+                            JobStatus.publishing,
+                            certificate_id=cert.id,
+                            metrics=metrics,
+                        )
+                        dispatch.enqueue(session, "publish", job_id)
+                    else:
+                        _transition(
+                            session,
+                            claim,
+                            JobStatus.failed,
+                            certificate_id=cert.id,
+                            metrics=metrics,
+                            error="; ".join(verdict.reasons),
+                            finished_at=utcnow(),
+                        )
+                        _set_requests(
+                            session,
+                            job_id,
+                            RequestStatus.failed,
+                            error="verification failed: " + "; ".join(verdict.reasons),
+                            certificate_id=cert.id,
+                        )
+                        scheduling.schedule(session, inputs.model.id)
+
+            _db_retry(record_verdict, f"verdict of job {job_id}")
         except ClaimLost:
             return
+        except DB_ERRORS:
+            raise  # transient: the claim lapses and the maintenance loop runs the stage again
         except Exception as exc:
             log.exception("verification of job %s failed", job_id)
             _fail_claimed(claim, f"verification failed: {type(exc).__name__}: {exc}")
@@ -523,68 +574,72 @@ def _chain_digests(session: Session, version: ModelVersion) -> list[str]:
 def run_publish(job_id: str) -> None:
     """Stage 3, one transaction: new version, ``production`` moves, requests complete,
     forget payloads purged (their digests stay for the certificate)."""
-    with session_scope() as session:
-        res = session.execute(
-            update(UnlearningJob)
-            .where(UnlearningJob.id == job_id, UnlearningJob.status == JobStatus.publishing)
-            .values(
-                status=JobStatus.completed,
-                claim_token=None,
-                finished_at=utcnow(),
-                heartbeat_at=utcnow(),
+
+    def publish() -> None:
+        with session_scope() as session:
+            res = session.execute(
+                update(UnlearningJob)
+                .where(UnlearningJob.id == job_id, UnlearningJob.status == JobStatus.publishing)
+                .values(
+                    status=JobStatus.completed,
+                    claim_token=None,
+                    finished_at=utcnow(),
+                    heartbeat_at=utcnow(),
+                )
             )
-        )
-        if res.rowcount != 1:
-            return
-        job = session.get(UnlearningJob, job_id)
-        assert job is not None
-        model = session.get(Model, job.model_id)
-        parent = session.get(ModelVersion, job.parent_version_id)
-        assert model is not None and parent is not None and job.adapter_path
-        number = (
-            session.scalar(
-                select(ModelVersion.number)
-                .where(ModelVersion.model_id == model.id)
-                .order_by(ModelVersion.number.desc())
-                .limit(1)
+            if res.rowcount != 1:
+                return
+            job = session.get(UnlearningJob, job_id)
+            assert job is not None
+            model = session.get(Model, job.model_id)
+            parent = session.get(ModelVersion, job.parent_version_id)
+            assert model is not None and parent is not None and job.adapter_path
+            number = (
+                session.scalar(
+                    select(ModelVersion.number)
+                    .where(ModelVersion.model_id == model.id)
+                    .order_by(ModelVersion.number.desc())
+                    .limit(1)
+                )
+                or 0
+            ) + 1
+            version = ModelVersion(
+                tenant_id=model.tenant_id,
+                model_id=model.id,
+                number=number,
+                parent_id=parent.id,
+                adapter_chain=[*parent.adapter_chain, job.adapter_path],
+                adapter_sha256=job.adapter_sha256,
+                job_id=job.id,
+                certificate_id=job.certificate_id,
             )
-            or 0
-        ) + 1
-        version = ModelVersion(
-            tenant_id=model.tenant_id,
-            model_id=model.id,
-            number=number,
-            parent_id=parent.id,
-            adapter_chain=[*parent.adapter_chain, job.adapter_path],
-            adapter_sha256=job.adapter_sha256,
-            job_id=job.id,
-            certificate_id=job.certificate_id,
-        )
-        session.add(version)
-        session.flush()
-        model.production_version_id = version.id
-        job.published_version_id = version.id
-        _set_requests(
-            session,
-            job_id,
-            RequestStatus.completed,
-            completed_at=utcnow(),
-            published_version_id=version.id,
-            certificate_id=job.certificate_id,
-            forget_ciphertext=None,
-        )
-        audit.record(session, job.tenant_id, "job.completed", "unlearning_job", job_id)
-        audit.record(
-            session,
-            job.tenant_id,
-            "version.published",
-            "model_version",
-            version.id,
-            model_id=model.id,
-            number=number,
-            job_id=job_id,
-        )
-        scheduling.schedule(session, model.id)
+            session.add(version)
+            session.flush()
+            model.production_version_id = version.id
+            job.published_version_id = version.id
+            _set_requests(
+                session,
+                job_id,
+                RequestStatus.completed,
+                completed_at=utcnow(),
+                published_version_id=version.id,
+                certificate_id=job.certificate_id,
+                forget_ciphertext=None,
+            )
+            audit.record(session, job.tenant_id, "job.completed", "unlearning_job", job_id)
+            audit.record(
+                session,
+                job.tenant_id,
+                "version.published",
+                "model_version",
+                version.id,
+                model_id=model.id,
+                number=number,
+                job_id=job_id,
+            )
+            scheduling.schedule(session, model.id)
+
+    _db_retry(publish, f"publishing job {job_id}")
     dispatch.flush_outbox()
 
 
