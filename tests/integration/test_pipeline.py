@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -104,6 +105,21 @@ def test_request_travels_from_post_to_a_published_version(client, demo_model_dir
     # … while everyone else's survive
     kept_rows = [row for name in kept for row in people[name]]
     assert share_answered(client, model, kept_rows) >= 0.9
+
+    # the same tasks delivered again (a broker redelivery) change nothing
+    from app.services.dispatch import get_transport
+
+    for task in ("unlearn", "verify", "publish", "publish"):
+        get_transport().send(task, done["job_id"])
+    time.sleep(8)
+    again = sorted(
+        client.get(f"/v1/models/{model}/versions", headers=auth()).json()["items"],
+        key=lambda v: v["number"],
+    )
+    assert [v["number"] for v in again] == [1, 2]
+    assert client.get(f"/v1/jobs/{done['job_id']}", headers=auth()).json()["status"] == (
+        "completed"
+    )
 
 
 def test_worker_killed_mid_unlearning_job_runs_again_and_publishes_once(
