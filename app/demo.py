@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from app.db.models import DEFAULT_TENANT_ID, Certificate, ErasureRequest, Model, UnlearningJob
 from app.db.session import session_scope
-from app.services import dispatch, intake, privacy, registry
+from app.services import intake, privacy, registry, scheduling
 from app.settings import get_settings
 
 DEMO_MODEL = "demo"
@@ -108,7 +108,7 @@ def run_demo(
             actor="demo",
         )
         request_id = request.id
-    dispatch.flush_outbox()
+    scheduling.schedule_soon(model.id)
     status, last_seen = "received", None
     while status not in TERMINAL:
         time.sleep(0.5)

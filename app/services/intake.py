@@ -1,5 +1,5 @@
-"""Intake: validate an erasure request, encrypt its forget payload, store it, and let the
-scheduler batch it into a job — all in one transaction."""
+"""Intake: validate an erasure request, encrypt its forget payload and store it with its
+audit event in one transaction; the scheduler then batches it into a job."""
 
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ def submit_erasure_request(
         model_id=model.id,
         items=len(forget),
     )
-    scheduling.schedule(session, model.id)
+    # Scheduling is left out of this transaction (callers run scheduling.schedule_soon after
+    # commit): it takes the model's row lock, which would serialise all intake of a model.
     return request
 
 

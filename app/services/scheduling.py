@@ -20,6 +20,27 @@ from app.services import audit, dispatch
 from app.settings import get_settings
 
 
+def schedule_soon(model_id: str) -> None:
+    """After an intake commits: start a job unless one is already active for the model.
+    The unlocked pre-check keeps the common case (a job is running) off the model's row
+    lock; a request it misses is picked up by the active job's successor or, at worst, by
+    the maintenance loop's next round."""
+    from app.db.session import session_scope
+
+    with session_scope() as session:
+        active = session.scalar(
+            select(UnlearningJob.id)
+            .where(
+                UnlearningJob.model_id == model_id,
+                UnlearningJob.status.in_([s.value for s in ACTIVE_JOB_STATUSES]),
+            )
+            .limit(1)
+        )
+        if active is None:
+            schedule(session, model_id)
+    dispatch.flush_outbox()
+
+
 def schedule(session: Session, model_id: str) -> UnlearningJob | None:
     """Start a job for the model's pending requests unless one is active. Call inside the
     transaction that changed the model's requests or jobs."""

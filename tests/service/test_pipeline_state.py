@@ -22,7 +22,7 @@ from app.db.models import (
     UnlearningJob,
 )
 from app.db.session import get_engine, session_scope
-from app.services import dispatch, intake, jobs, privacy, recovery, registry
+from app.services import dispatch, intake, jobs, privacy, recovery, registry, scheduling
 
 
 class RecordingTransport:
@@ -76,6 +76,7 @@ def _submit(model, subject="Subject Zero", answer="Zanzibar"):
             forget=[{"question": f"Where was {subject} born?", "answer": answer}],
             actor="test",
         )
+    scheduling.schedule_soon(model.id)
     return req
 
 

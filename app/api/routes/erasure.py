@@ -18,7 +18,7 @@ from app.api.schemas import (
 from app.db.base import utcnow
 from app.db.models import ErasureRequest, Model, RequestStatus
 from app.db.session import get_sessionmaker
-from app.services import dispatch, idempotency, intake, reports
+from app.services import dispatch, idempotency, intake, reports, scheduling
 from app.services.pagination import paginate
 
 router = APIRouter(prefix="/v1/erasure-requests", tags=["erasure requests"])
@@ -62,6 +62,8 @@ def create_request(
     tasks: BackgroundTasks,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
+    model_ids: list[str] = []
+
     def produce() -> dict:  # type: ignore[type-arg]
         with get_sessionmaker()() as session:
             request = intake.submit_erasure_request(
@@ -73,6 +75,7 @@ def create_request(
                 actor=caller.actor,
             )
             session.commit()
+            model_ids.append(request.model_id)
             return request_out(session, request).model_dump(mode="json")
 
     outcome = idempotency.run(
@@ -83,7 +86,10 @@ def create_request(
         produce,
     )
     # sent after the response; if the broker is down the outbox keeps it for later
-    tasks.add_task(dispatch.flush_outbox)
+    # batching and sending happen after the response; a broker outage leaves the task in
+    # the outbox for the maintenance loop
+    for model_id in model_ids:
+        tasks.add_task(scheduling.schedule_soon, model_id)
     headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
     return JSONResponse(outcome.body, status_code=outcome.status, headers=headers)
 
