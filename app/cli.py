@@ -56,13 +56,15 @@ def serve(
             "--worker/--no-worker", help="run stages in this process (embedded broker only)"
         ),
     ] = True,
+    workers: Annotated[
+        int, typer.Option(help="server processes (PostgreSQL and Redis only; ~1 per core)")
+    ] = 1,
 ) -> None:
     """Run the HTTP API (and, with the embedded broker, a worker in the same process)."""
     import uvicorn
 
-    from app.api.main import create_app
+    from app.api.main import create_served_app
     from app.services import dispatch
-    from app.services.recovery import start_maintenance_thread
 
     _logging()
     settings = get_settings()
@@ -72,8 +74,23 @@ def serve(
         dispatch.disable_embedded_worker()
     if settings.admin_key is None:
         typer.echo(f"development admin key (Bearer): {settings.resolved_admin_key()}", err=True)
-    start_maintenance_thread()
-    uvicorn.run(create_app(), host=host, port=port, log_level="info", log_config=None)
+    if workers > 1:
+        if settings.embedded_broker or settings.resolved_database_url.startswith("sqlite"):
+            raise typer.BadParameter(
+                "several workers need PostgreSQL and Redis", param_hint="--workers"
+            )
+        uvicorn.run(
+            "app.api.main:create_served_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+            log_config=None,
+            access_log=False,
+        )
+    else:
+        uvicorn.run(create_served_app(), host=host, port=port, log_level="info", log_config=None)
 
 
 @cli.command()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -12,8 +16,9 @@ from app.observability import RequestContext, metrics_text, register_pipeline_co
 from app.settings import get_settings
 
 
-def create_app() -> FastAPI:
+def create_app(lifespan: Any = None) -> FastAPI:
     app = FastAPI(
+        lifespan=lifespan,
         title="Lethe",
         version="0.1.0",
         summary="Unlearning as a service: erasure requests in, certified model versions out.",
@@ -30,3 +35,23 @@ def create_app() -> FastAPI:
     for module in (health, models, erasure, jobs, admin, webhooks):
         app.include_router(module.router)
     return app
+
+
+@asynccontextmanager
+async def _maintained(_: FastAPI) -> AsyncIterator[None]:
+    from app.services.recovery import start_maintenance_thread
+
+    stop = start_maintenance_thread()
+    yield
+    stop.set()
+
+
+def create_served_app() -> FastAPI:
+    """The app as `lethe serve` runs it (in each server process): with the maintenance
+    loop that sends the outbox, requeues stalled stages and delivers webhooks."""
+    import logging
+
+    from app.observability import configure_logging
+
+    configure_logging(logging.INFO, get_settings().json_logs)
+    return create_app(lifespan=_maintained)

@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 
 from app.dashboard import queries
+from app.dashboard.render import templates
 from app.db.models import UnlearningJob
 from app.db.session import get_sessionmaker
 
@@ -85,7 +86,19 @@ def read_snapshot(tenant_id: str, job_id: str) -> dict[str, Any] | None:
             return None
         snapshot = queries.job_snapshot(job)
         snapshot["point"] = queries.finite(observe(job))
+        snapshot["html"] = render_parts(snapshot)
         return snapshot
+
+
+def render_parts(snapshot: dict[str, Any]) -> dict[str, str]:
+    """The job page's verification and attempts sections as HTML, rendered by the same
+    (autoescaping) macros as the page, so the browser swaps them in instead of
+    duplicating the markup in JavaScript."""
+    parts = templates.get_template("_job_parts.html").module
+    return {
+        "verification": str(parts.verification_section(snapshot["verification"])),  # type: ignore[attr-defined]
+        "attempts": str(parts.attempts_section(snapshot["attempt_list"])),  # type: ignore[attr-defined]
+    }
 
 
 def _event(name: str, data: dict[str, Any], event_id: int | None = None) -> str:

@@ -12,6 +12,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from app.dashboard.auth import SESSION_SECONDS
 from app.db.base import utcnow
 
 HERE = Path(__file__).resolve().parent
@@ -93,7 +94,7 @@ templates = Environment(
     lstrip_blocks=True,
 )
 templates.filters.update(when=when, span=span, relative=relative, number=number, short=short)
-templates.globals.update(query=query)
+templates.globals.update(query=query, session_hours=SESSION_SECONDS // 3600)
 
 
 def static_version() -> str:

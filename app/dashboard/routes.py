@@ -36,7 +36,8 @@ MAX_FORM_BYTES = 16 * 1024
 def _to_login(request: Request) -> RedirectResponse:
     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse(
-        "/dashboard/login?" + urlencode({"next": target}), status_code=303,
+        "/dashboard/login?" + urlencode({"next": target}),
+        status_code=303,
         headers={"Cache-Control": "no-store"},
     )
 
@@ -49,7 +50,11 @@ def _viewer(request: Request, session: SessionDep) -> auth.Viewer | Response:
     retry_after = ratelimit.check(viewer.principal.actor)
     if retry_after is not None:
         response = page(
-            request, "error.html", 429, viewer=viewer, title="Too many requests",
+            request,
+            "error.html",
+            429,
+            viewer=viewer,
+            title="Too many requests",
             message=f"This API key's rate limit is used up; try again in {retry_after} s.",
         )
         response.headers["Retry-After"] = str(retry_after)
@@ -59,21 +64,30 @@ def _viewer(request: Request, session: SessionDep) -> auth.Viewer | Response:
 
 def _not_found(request: Request, viewer: auth.Viewer, what: str) -> Response:
     # another tenant's row looks exactly like a missing one
-    return page(request, "error.html", 404, viewer=viewer, title="Not found",
-                message=f"There is no {what} with that id in {viewer.tenant_name}.")
+    return page(
+        request,
+        "error.html",
+        404,
+        viewer=viewer,
+        title="Not found",
+        message=f"There is no {what} with that id in {viewer.tenant_name}.",
+    )
 
 
 def _bad_cursor(request: Request, viewer: auth.Viewer) -> Response:
-    return page(request, "error.html", 422, viewer=viewer, title="Invalid page link",
-                message="That page link is not one the dashboard made; start again from "
-                "the first page.")
+    return page(
+        request,
+        "error.html",
+        422,
+        viewer=viewer,
+        title="Invalid page link",
+        message="That page link is not one the dashboard made; start again from the first page.",
+    )
 
 
 async def _form(request: Request) -> dict[str, str]:
     """An urlencoded form body (the dashboard's forms post nothing else)."""
-    if not request.headers.get("content-type", "").startswith(
-        "application/x-www-form-urlencoded"
-    ):
+    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         return {}
     body = await request.body()
     if len(body) > MAX_FORM_BYTES:
@@ -87,8 +101,16 @@ async def _form(request: Request) -> dict[str, str]:
 
 def _login_page(request: Request, next_url: str, error: str = "", status: int = 200) -> Response:
     nonce, token = auth.new_login_form()
-    response = page(request, "login.html", status, viewer=None, next_url=next_url, error=error,
-                    title="Sign in", login_token=token)
+    response = page(
+        request,
+        "login.html",
+        status,
+        viewer=None,
+        next_url=next_url,
+        error=error,
+        title="Sign in",
+        login_token=token,
+    )
     auth.set_login_cookie(response, request, nonce)
     return response
 
@@ -112,13 +134,13 @@ async def login(request: Request) -> Response:
     form = await _form(request)
     next_url = auth.safe_next(form.get("next"))
     if not auth.same_origin(request) or not auth.login_token_ok(request, form.get("csrf")):
-        return _login_page(request, next_url, "The sign-in form expired; please try again.",
-                           403)
+        return _login_page(request, next_url, "The sign-in form expired; please try again.", 403)
     client = request.client.host if request.client else "unknown"
     retry_after = ratelimit.check(f"dashboard-sign-in:{client}")
     if retry_after is not None:
-        return _login_page(request, next_url,
-                           f"Too many sign-in attempts; try again in {retry_after} s.", 429)
+        return _login_page(
+            request, next_url, f"Too many sign-in attempts; try again in {retry_after} s.", 429
+        )
     principal, why = await run_in_threadpool(_check_key, form.get("api_key", ""))
     if principal is None:
         return _login_page(request, next_url, why, 401)
@@ -141,8 +163,14 @@ async def logout(request: Request) -> Response:
     if viewer is not None and (
         not auth.same_origin(request) or not auth.csrf_ok(viewer, form.get("csrf"))
     ):
-        return page(request, "error.html", 403, viewer=viewer, title="Not signed out",
-                    message="The sign-out form expired; reload the page and try again.")
+        return page(
+            request,
+            "error.html",
+            403,
+            viewer=viewer,
+            title="Not signed out",
+            message="The sign-out form expired; reload the page and try again.",
+        )
     response = RedirectResponse("/dashboard/login", status_code=303)
     auth.clear_cookie(response, request)
     return response
@@ -158,8 +186,15 @@ def overview(request: Request, session: SessionDep) -> Response:
     if isinstance(viewer, Response):
         return viewer
     data = queries.overview(session, viewer.principal.tenant_id)
-    return page(request, "overview.html", viewer=viewer, title="Overview", o=data,
-                due_soon_days=queries.DUE_SOON_DAYS, throughput_days=queries.THROUGHPUT_DAYS)
+    return page(
+        request,
+        "overview.html",
+        viewer=viewer,
+        title="Overview",
+        o=data,
+        due_soon_days=queries.DUE_SOON_DAYS,
+        throughput_days=queries.THROUGHPUT_DAYS,
+    )
 
 
 @router.get("/requests")
@@ -186,10 +221,20 @@ def requests_page(
         result = queries.list_requests(session, tenant_id, filters, cursor or None)
     except InvalidInput:
         return _bad_cursor(request, viewer)
-    return page(request, "requests.html", viewer=viewer, title="Erasure requests",
-                rows=result.items, next_cursor=result.next_cursor, filters=filters,
-                statuses=REQUEST_STATUSES, models=sorted(names.values()), model_names=names,
-                paged=bool(cursor), is_overdue=queries.is_overdue)
+    return page(
+        request,
+        "requests.html",
+        viewer=viewer,
+        title="Erasure requests",
+        rows=result.items,
+        next_cursor=result.next_cursor,
+        filters=filters,
+        statuses=REQUEST_STATUSES,
+        models=sorted(names.values()),
+        model_names=names,
+        paged=bool(cursor),
+        is_overdue=queries.is_overdue,
+    )
 
 
 @router.get("/requests/{request_id}")
@@ -203,11 +248,17 @@ def request_page(request_id: str, request: Request, session: SessionDep) -> Resp
         row = queries.get_request(session, viewer.principal.tenant_id, request_id)
     except NotFound:
         return _not_found(request, viewer, "erasure request")
-    job = (
-        queries.get_job(session, viewer.principal.tenant_id, row.job_id) if row.job_id else None
+    job = queries.get_job(session, viewer.principal.tenant_id, row.job_id) if row.job_id else None
+    return page(
+        request,
+        "request.html",
+        viewer=viewer,
+        title=f"Request {request_id[:8]}",
+        r=report,
+        row=row,
+        job=job,
+        overdue=queries.is_overdue(row),
     )
-    return page(request, "request.html", viewer=viewer, title=f"Request {request_id[:8]}",
-                r=report, row=row, job=job, overdue=queries.is_overdue(row))
 
 
 @router.get("/requests/{request_id}/report")
@@ -235,8 +286,14 @@ def report_page(
                 "Content-Disposition": f'attachment; filename="report-{request_id}.json"',
             },
         )
-    return page(request, "report.html", viewer=viewer, title=f"Report {request_id[:8]}",
-                r=report, rows=queries.verification_rows(report["verification"]))
+    return page(
+        request,
+        "report.html",
+        viewer=viewer,
+        title=f"Report {request_id[:8]}",
+        r=report,
+        rows=queries.verification_rows(report["verification"]),
+    )
 
 
 @router.get("/jobs")
@@ -256,9 +313,18 @@ def jobs_page(
         result = queries.list_jobs(session, tenant_id, status, cursor or None)
     except InvalidInput:
         return _bad_cursor(request, viewer)
-    return page(request, "jobs.html", viewer=viewer, title="Unlearning jobs", rows=result.items,
-                next_cursor=result.next_cursor, status=status, statuses=JOB_STATUSES,
-                model_names=queries.model_names(session, tenant_id), paged=bool(cursor))
+    return page(
+        request,
+        "jobs.html",
+        viewer=viewer,
+        title="Unlearning jobs",
+        rows=result.items,
+        next_cursor=result.next_cursor,
+        status=status,
+        statuses=JOB_STATUSES,
+        model_names=queries.model_names(session, tenant_id),
+        paged=bool(cursor),
+    )
 
 
 @router.get("/jobs/{job_id}")
@@ -279,11 +345,24 @@ def job_page(job_id: str, request: Request, session: SessionDep) -> Response:
     published = (
         session.get(ModelVersion, job.published_version_id) if job.published_version_id else None
     )
-    data = {"job": snapshot, "history": live.history.get(job.id),
-            "events": f"/dashboard/jobs/{job.id}/events"}
-    return page(request, "job.html", viewer=viewer, title=f"Job {job_id[:8]}", job=job,
-                s=snapshot, data=data, model=model, parent=parent, published=published,
-                request_ids=queries.job_request_ids(session, tenant_id, job.id))
+    data = {
+        "job": snapshot,
+        "history": live.history.get(job.id),
+        "events": f"/dashboard/jobs/{job.id}/events",
+    }
+    return page(
+        request,
+        "job.html",
+        viewer=viewer,
+        title=f"Job {job_id[:8]}",
+        job=job,
+        s=snapshot,
+        data=data,
+        model=model,
+        parent=parent,
+        published=published,
+        request_ids=queries.job_request_ids(session, tenant_id, job.id),
+    )
 
 
 @router.get("/jobs/{job_id}/events")
@@ -316,8 +395,13 @@ def models_page(request: Request, session: SessionDep) -> Response:
     viewer = _viewer(request, session)
     if isinstance(viewer, Response):
         return viewer
-    return page(request, "models.html", viewer=viewer, title="Models",
-                lineages=queries.lineages(session, viewer.principal.tenant_id))
+    return page(
+        request,
+        "models.html",
+        viewer=viewer,
+        title="Models",
+        lineages=queries.lineages(session, viewer.principal.tenant_id),
+    )
 
 
 @router.get("/certificates")
@@ -333,9 +417,16 @@ def certificates_page(
         result = queries.list_certificates(session, viewer.principal.tenant_id, cursor or None)
     except InvalidInput:
         return _bad_cursor(request, viewer)
-    return page(request, "certificates.html", viewer=viewer, title="Certificates",
-                rows=result.items, next_cursor=result.next_cursor, paged=bool(cursor),
-                model_names=queries.model_names(session, viewer.principal.tenant_id))
+    return page(
+        request,
+        "certificates.html",
+        viewer=viewer,
+        title="Certificates",
+        rows=result.items,
+        next_cursor=result.next_cursor,
+        paged=bool(cursor),
+        model_names=queries.model_names(session, viewer.principal.tenant_id),
+    )
 
 
 @router.get("/certificates/{certificate_id}")
@@ -349,9 +440,15 @@ def certificate_page(certificate_id: str, request: Request, session: SessionDep)
     except NotFound:
         return _not_found(request, viewer, "certificate")
     model = session.get(Model, view.certificate.model_id)
-    return page(request, "certificate.html", viewer=viewer,
-                title=f"Certificate {certificate_id[:8]}", v=view, model=model,
-                rows=queries.verification_rows(view.document))
+    return page(
+        request,
+        "certificate.html",
+        viewer=viewer,
+        title=f"Certificate {certificate_id[:8]}",
+        v=view,
+        model=model,
+        rows=queries.verification_rows(view.document),
+    )
 
 
 # -- static files ----------------------------------------------------------------------

@@ -36,9 +36,9 @@ def schedule_soon(model_id: str) -> None:
             )
             .limit(1)
         )
-        if active is None:
-            schedule(session, model_id)
-    dispatch.flush_outbox()
+        started = schedule(session, model_id) if active is None else None
+    if started is not None:
+        dispatch.flush_outbox()
 
 
 def schedule(session: Session, model_id: str) -> UnlearningJob | None:
