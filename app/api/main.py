@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from app.api import errors
 from app.api.middleware import BodySizeLimit
 from app.api.routes import admin, erasure, health, jobs, models, webhooks
+from app.dashboard import router as dashboard_router
 from app.observability import RequestContext, metrics_text, register_pipeline_collector
 from app.settings import get_settings
 
@@ -34,6 +35,7 @@ def create_app(lifespan: Any = None) -> FastAPI:
 
     for module in (health, models, erasure, jobs, admin, webhooks):
         app.include_router(module.router)
+    app.include_router(dashboard_router)
     return app
 
 

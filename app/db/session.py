@@ -16,7 +16,10 @@ from app.settings import get_settings
 @lru_cache
 def get_engine(url: str | None = None) -> Engine:
     url = url or get_settings().resolved_database_url
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    # No pre-ping: it costs a round trip per checkout. After a database restart the first
+    # statement fails (the API answers 503), SQLAlchemy invalidates the whole pool, and
+    # the next request reconnects.
+    kwargs: dict[str, Any] = {"pool_pre_ping": False}
     if url.startswith("sqlite"):
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     else:
