@@ -8,7 +8,7 @@ timeout is above the task time limit so a long job is not handed out twice while
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutting_down
+from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
 from app.settings import get_settings
 
@@ -49,6 +49,16 @@ def _start_maintenance(**_: object) -> None:
         from prometheus_client import start_http_server
 
         start_http_server(port)
+
+
+@worker_process_init.connect
+def _own_connections(**_: object) -> None:
+    # A forked child must not reuse the parent's pooled database connections: two
+    # processes on one socket corrupt the protocol. Forget them (without closing them
+    # under the parent) and let the child open its own.
+    from app.db.session import get_engine
+
+    get_engine().dispose(close=False)
 
 
 @worker_shutting_down.connect
