@@ -92,8 +92,9 @@ def text_example(text: str, subject: str | None = None) -> Example:
     if len(words) < 2:
         return Example(prompt="", target=text.strip(), subject=subject)
     cut = max(1, len(words) // 2)
-    return Example(prompt=" ".join(words[:cut]) + " ", target=" ".join(words[cut:]),
-                   subject=subject)
+    return Example(
+        prompt=" ".join(words[:cut]) + " ", target=" ".join(words[cut:]), subject=subject
+    )
 
 
 def examples_from_rows(rows: Iterable[dict[str, Any]], template: PromptTemplate) -> list[Example]:
@@ -189,14 +190,18 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return logp * mask, mask
 
 
-def sequence_logprob(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logprob(
+    model: Any, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed target log-likelihood per example and the number of target tokens."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     logp, mask = token_logprobs(out.logits, batch["labels"])
     return logp.sum(-1), mask.sum(-1)
 
 
-def to_device(batch: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
+def to_device(
+    batch: dict[str, torch.Tensor], device: torch.device | str
+) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
