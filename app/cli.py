@@ -238,12 +238,35 @@ def _story(r: dict) -> None:  # type: ignore[type-arg]
     typer.echo(f"  Took {r['seconds']:.0f} s in all. `lethe demo --json` prints the certificate.")
 
 
+@certificate_cli.command("rotate-key")
+def certificate_rotate_key() -> None:
+    """Create a new signing key; older keys keep verifying the certificates they signed."""
+    from workers.engine.certificates import rotate_signing_key
+
+    key = rotate_signing_key(get_settings().data_dir / "keys")
+    typer.echo(f"new signing key {key.key_id}; previous keys kept for verification")
+
+
 @certificate_cli.command("verify")
 def certificate_verify(
     file: Annotated[Path, typer.Argument(help="certificate JSON, or `lethe demo --json` output")],
+    keys: Annotated[
+        Path | None,
+        typer.Option(help="trusted keys: the JSON of GET /v1/certificates/keys (recommended)"),
+    ] = None,
 ) -> None:
-    """Check a certificate's Ed25519 signature offline. Exit 0 when valid."""
+    """Check a certificate's Ed25519 signature offline. Exit 0 when valid, 1 when not.
+    Without --keys the certificate's own public key is used (proves integrity, not who
+    signed); with --keys only those keys are trusted."""
     from workers.engine.certificates import verify
+
+    trusted = None
+    if keys is not None:
+        try:
+            trusted = {k["key_id"]: k["public_key"] for k in json.loads(keys.read_text())["keys"]}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            typer.echo(f"invalid: cannot read trusted keys {keys}: {exc}", err=True)
+            raise typer.Exit(2) from exc
 
     try:
         data = json.loads(file.read_text())
@@ -254,7 +277,7 @@ def certificate_verify(
         data = data["certificate"]
     if isinstance(data, dict) and isinstance(data.get("envelope"), dict):
         data = data["envelope"]
-    ok, reason = verify(data)
+    ok, reason = verify(data, trusted)
     if not ok:
         typer.echo(f"invalid: {reason}", err=True)
         raise typer.Exit(1)

@@ -78,6 +78,20 @@ def observe(job: UnlearningJob) -> dict[str, Any] | None:
     return {"attempt": attempt, "step": step, "loss": loss}
 
 
+def page_history(job_id: str, snapshot: dict[str, Any]) -> list[dict[str, Any]]:
+    """The loss points a job page starts with: those this process observed, else any
+    per-attempt loss history the job's metrics carry (a finished job, a fresh process)."""
+    seen = history.get(job_id)
+    if seen:
+        return seen
+    return [
+        {"attempt": attempt["number"], "step": step, "loss": loss}
+        for attempt in snapshot.get("attempt_list", [])
+        for step, loss in enumerate(attempt.get("loss_history") or [], start=1)
+        if loss is not None
+    ]
+
+
 def read_snapshot(tenant_id: str, job_id: str) -> dict[str, Any] | None:
     """The job's snapshot (None once it is gone or not the tenant's), recording its loss."""
     with get_sessionmaker()() as session:

@@ -218,7 +218,9 @@ def requests_page(
         overdue=overdue if overdue in ("yes", "no") else "",
     )
     try:
-        result = queries.list_requests(session, tenant_id, filters, cursor or None)
+        result = queries.list_requests(
+            session, tenant_id, filters, cursor or None, queries.PAGE_SIZE
+        )
     except InvalidInput:
         return _bad_cursor(request, viewer)
     return page(
@@ -310,7 +312,7 @@ def jobs_page(
     tenant_id = viewer.principal.tenant_id
     status = status if status in JOB_STATUSES else ""
     try:
-        result = queries.list_jobs(session, tenant_id, status, cursor or None)
+        result = queries.list_jobs(session, tenant_id, status, cursor or None, queries.PAGE_SIZE)
     except InvalidInput:
         return _bad_cursor(request, viewer)
     return page(
@@ -347,7 +349,7 @@ def job_page(job_id: str, request: Request, session: SessionDep) -> Response:
     )
     data = {
         "job": snapshot,
-        "history": live.history.get(job.id),
+        "history": live.page_history(job.id, snapshot),
         "events": f"/dashboard/jobs/{job.id}/events",
     }
     return page(
@@ -414,7 +416,9 @@ def certificates_page(
     if isinstance(viewer, Response):
         return viewer
     try:
-        result = queries.list_certificates(session, viewer.principal.tenant_id, cursor or None)
+        result = queries.list_certificates(
+            session, viewer.principal.tenant_id, cursor or None, queries.PAGE_SIZE
+        )
     except InvalidInput:
         return _bad_cursor(request, viewer)
     return page(

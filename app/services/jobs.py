@@ -457,6 +457,15 @@ def run_verify(job_id: str) -> None:
                             "number": inputs.parent.number,
                             "adapter_chain_sha256": _chain_digests(session, inputs.parent),
                         },
+                        # the version publishing this job creates: the parent's chain plus
+                        # this adapter (its id exists only once published)
+                        "new_version": {
+                            "number": inputs.parent.number + 1,
+                            "adapter_chain_sha256": [
+                                *_chain_digests(session, inputs.parent),
+                                job.adapter_sha256,
+                            ],
+                        },
                         "job_id": job_id,
                         "method": job.method,
                         "config": job.metrics.get("unlearning", {}).get("config", {}),

@@ -185,3 +185,21 @@ def test_erasure_request_is_unlearned_verified_and_published(client, demo_model_
     ).json()
     assert gen["version"] == 2
     assert not answer_correct(gen["text"], fact["answer"])
+
+
+def test_certificate_keys_and_verification_endpoints(client, lethe_env):
+    from pathlib import Path
+
+    keys_dir = Path(lethe_env["LETHE_DATA_DIR"]) / "keys"
+    key = certificates.load_or_create_signing_key(keys_dir)
+    envelope = certificates.sign({"certificate_id": "c-1", "verdict": "passed"}, key)
+    published = client.get("/v1/certificates/keys").json()["keys"]
+    assert key.key_id in [k["key_id"] for k in published]
+    ok = client.post("/v1/certificates/verify", json=envelope).json()
+    assert ok == {"valid": True, "reason": "valid", "certificate_id": "c-1", "verdict": "passed"}
+    tampered = dict(envelope, document=envelope["document"].replace("passed", "failed"))
+    bad = client.post("/v1/certificates/verify", json=tampered).json()
+    assert bad["valid"] is False and "signature" in bad["reason"]
+    # a retired key still verifies what it signed
+    certificates.rotate_signing_key(keys_dir)
+    assert client.post("/v1/certificates/verify", json=envelope).json()["valid"] is True

@@ -61,3 +61,33 @@ def test_certificate_signature_detects_tampering_and_wrong_keys(tmp_path):
     assert certificates.load_or_create_signing_key(tmp_path).key_id == key.key_id
     assert key.key_id in certificates.public_keys(tmp_path)
     assert json.loads(envelope["document"])["signing_key_id"] == key.key_id
+
+
+def test_rotated_signing_keys_keep_old_certificates_verifiable(tmp_path):
+    old = certificates.load_or_create_signing_key(tmp_path)
+    old_cert = certificates.sign({"passed": True}, old)
+    new = certificates.rotate_signing_key(tmp_path)
+    assert new.key_id != old.key_id
+    assert certificates.load_or_create_signing_key(tmp_path).key_id == new.key_id  # newest signs
+    trusted = certificates.public_keys(tmp_path)
+    assert set(trusted) == {old.key_id, new.key_id}
+    assert certificates.verify(old_cert, trusted) == (True, "valid")
+    assert certificates.verify(certificates.sign({"passed": True}, new), trusted)[0]
+
+
+def test_certificate_cli_checks_against_trusted_keys(tmp_path):
+    import subprocess
+    import sys
+
+    key = certificates.load_or_create_signing_key(tmp_path / "ours")
+    stranger = certificates.load_or_create_signing_key(tmp_path / "theirs")
+    cert = tmp_path / "cert.json"
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"keys": [{"key_id": key.key_id, "public_key": key.public_pem}]}))
+    run = [sys.executable, "-m", "app.cli", "certificate", "verify", str(cert), "--keys", str(keys)]
+    cert.write_text(json.dumps(certificates.sign({"verdict": "passed"}, key)))
+    assert subprocess.run(run, capture_output=True).returncode == 0
+    # self-consistent but signed by a key we do not trust
+    cert.write_text(json.dumps(certificates.sign({"verdict": "passed"}, stranger)))
+    result = subprocess.run(run, capture_output=True, text=True)
+    assert result.returncode == 1 and "unknown signing key" in result.stderr

@@ -42,9 +42,13 @@ class SigningKey:
 
     @property
     def public_pem(self) -> str:
-        return self.private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ).decode()
+        return (
+            self.private.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode()
+        )
 
 
 def load_or_create_signing_key(keys_dir: Path) -> SigningKey:
@@ -63,6 +67,24 @@ def load_or_create_signing_key(keys_dir: Path) -> SigningKey:
     fd = os.open(keys_dir / f"signing-{kid}.pem", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
+    return SigningKey(kid, private)
+
+
+def rotate_signing_key(keys_dir: Path) -> SigningKey:
+    """Create a new signing key; it signs from now on, the old ones stay for verifying."""
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    private = Ed25519PrivateKey.generate()
+    kid = key_id_of(private.public_key())
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path = keys_dir / f"signing-{kid}.pem"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    # newest by modification time signs; make sure it is strictly the newest
+    newest = max((p.stat().st_mtime for p in keys_dir.glob("signing-*.pem")), default=0)
+    os.utime(path, (newest + 1, newest + 1))
     return SigningKey(kid, private)
 
 

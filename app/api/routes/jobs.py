@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from app.api.deps import ModelsAdminDep, ReadDep, SessionDep
@@ -86,6 +87,56 @@ def certificate_envelope(cert: Certificate) -> dict[str, str]:
         "key_id": cert.key_id,
         "public_key": keys.get(cert.key_id, ""),
     }
+
+
+@router.get("/v1/certificates/keys", summary="Public keys that sign certificates")
+def certificate_keys() -> dict[str, Any]:
+    """Every signing key ever used (retired ones too, so old certificates stay checkable),
+    PEM-encoded Ed25519 public keys by key id. No authentication: they are public."""
+    from workers.engine.certificates import public_keys
+
+    keys = public_keys(get_settings().data_dir / "keys")
+    return {
+        "keys": [
+            {"key_id": k, "algorithm": "Ed25519", "public_key": pem} for k, pem in keys.items()
+        ]
+    }
+
+
+class VerifyIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    document: str = Field(description="the signed canonical JSON text, exactly as issued")
+    signature: str
+    key_id: str
+
+
+class VerifyOut(BaseModel):
+    valid: bool
+    reason: str
+    certificate_id: str | None = None
+    verdict: str | None = None
+
+
+@router.post(
+    "/v1/certificates/verify",
+    response_model=VerifyOut,
+    summary="Check a certificate against Lethe's signing keys",
+)
+def verify_certificate(body: VerifyIn) -> VerifyOut:
+    """Valid only if signed by one of Lethe's own keys (the envelope's embedded public key
+    is ignored). No authentication: anyone holding a certificate may check it."""
+    from workers.engine.certificates import public_keys, verify
+
+    trusted = public_keys(get_settings().data_dir / "keys")
+    ok, reason = verify(body.model_dump(), trusted)
+    doc = json.loads(body.document) if ok else {}
+    return VerifyOut(
+        valid=ok,
+        reason=reason,
+        certificate_id=doc.get("certificate_id"),
+        verdict=doc.get("verdict"),
+    )
 
 
 @router.get("/v1/certificates", response_model=CertificatePage)

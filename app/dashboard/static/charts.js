@@ -11,7 +11,7 @@
 
   var NS = "http://www.w3.org/2000/svg";
   var HEIGHT = 240;
-  var MARGIN = { top: 14, right: 14, bottom: 40, left: 50 };
+  var MARGIN = { top: 26, right: 14, bottom: 40, left: 50 };
   var drawn = [];
 
   function el(name, attrs, parent, text) {
@@ -28,9 +28,10 @@
     return typeof v === "number" && isFinite(v);
   }
 
-  /* About `count` round tick values covering [min, max]. */
-  function ticks(min, max, count) {
-    if (!isNum(min) || !isNum(max)) return [0, 1];
+  /* About `count` round tick values covering [min, max], at least `minStep` apart; the
+   * array carries its step's decimals (`.digits`) so every label has the same form. */
+  function ticks(min, max, count, minStep) {
+    if (!isNum(min) || !isNum(max)) { min = 0; max = 1; }
     if (min === max) {
       max = min + (min === 0 ? 1 : Math.abs(min) * 0.5);
     }
@@ -38,12 +39,17 @@
     var mag = Math.pow(10, Math.floor(Math.log10(raw)));
     var step = [1, 2, 2.5, 5, 10].map(function (m) { return m * mag; })
       .find(function (s) { return s >= raw; }) || 10 * mag;
+    step = Math.max(step, minStep || 0);
     var out = [];
     for (var t = Math.floor(min / step) * step; t <= max + step * 0.5; t += step) {
       out.push(Number(t.toPrecision(12)));
       if (out.length > 50) break;
     }
     if (out[out.length - 1] < max) out.push(Number((out[out.length - 1] + step).toPrecision(12)));
+    var digits = 0;
+    while (digits < 4 && Math.abs(Math.round(step * Math.pow(10, digits)) -
+      step * Math.pow(10, digits)) > 1e-9) digits++;
+    out.digits = digits;
     return out;
   }
 
@@ -78,7 +84,8 @@
     yt.forEach(function (t) {
       var py = y(t);
       el("line", { x1: 0, x2: f.w, y1: py, y2: py, class: "chart-grid" }, f.plot);
-      el("text", { x: -6, y: py + 4, "text-anchor": "end", class: "chart-tick" }, f.plot, fmt(t));
+      el("text", { x: -6, y: py + 4, "text-anchor": "end", class: "chart-tick" }, f.plot,
+        t.toFixed(yt.digits || 0));
     });
     if (label) {
       el("text", {
@@ -99,7 +106,7 @@
     for (var i = names.length - 1; i >= 0; i--) {
       var width = 18 + names[i].length * 7;
       x -= width + 8;
-      var g = el("g", { transform: "translate(" + x + "," + (-MARGIN.top + 2) + ")" }, f.plot);
+      var g = el("g", { transform: "translate(" + x + "," + (-MARGIN.top + 4) + ")" }, f.plot);
       el("rect", { x: 0, y: 0, width: 10, height: 10, class: "chart-series-" + i }, g);
       el("text", { x: 14, y: 9, class: "chart-legend" }, g, names[i]);
     }
@@ -116,7 +123,8 @@
     remember(container, function () {
       var f = frame(container, opts.label);
       var values = data.map(function (d) { return isNum(d.value) ? d.value : 0; });
-      var yt = ticks(0, Math.max.apply(null, values.concat([opts.minMax || 1])), 4);
+      var yt = ticks(0, Math.max.apply(null, values.concat([opts.minMax || 1])), 4,
+        opts.integerY ? 1 : 0);
       var top = yt[yt.length - 1];
       var y = function (v) { return f.h - (v / top) * f.h; };
       yAxis(f, yt, y, opts.yLabel);
@@ -160,10 +168,11 @@
       var x = function (v) { return ((v - xmin) / (xmax - xmin)) * f.w; };
       var y = function (v) { return f.h - ((v - y0) / (y1 - y0)) * f.h; };
       yAxis(f, yt, y, opts.yLabel);
-      ticks(xmin, xmax, Math.max(2, Math.floor(f.w / 80))).forEach(function (t) {
+      var xt = ticks(xmin, xmax, Math.max(2, Math.floor(f.w / 70)), opts.integerX ? 1 : 0);
+      xt.forEach(function (t) {
         if (t < xmin || t > xmax) return;
         el("text", { x: x(t), y: f.h + 16, "text-anchor": "middle", class: "chart-tick" },
-          f.plot, fmt(t));
+          f.plot, t.toFixed(xt.digits || 0));
       });
       if (opts.xLabel) {
         el("text", { x: f.w / 2, y: f.h + 34, "text-anchor": "middle", class: "chart-axis-label" },

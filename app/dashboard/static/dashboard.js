@@ -24,7 +24,7 @@
       LetheCharts.bars(node, (data || []).map(function (d) {
         return { label: d[x], value: d[y] };
       }), {
-        label: node.dataset.label, yLabel: "requests", minMax: 4,
+        label: node.dataset.label, yLabel: "requests", minMax: 4, integerY: true,
         xFormat: function (label) { return String(label).slice(5); }
       });
     },

@@ -21,6 +21,14 @@
       return Math.floor(seconds / 3600) + " h " + Math.floor((seconds % 3600) / 60) + " min";
     }
 
+    /* An ISO timestamp as the server writes it: YYYY-MM-DD HH:MM UTC. */
+    function when(iso) {
+      if (!iso) return "—";
+      var d = new Date(iso);
+      if (isNaN(d.getTime())) return iso;
+      return d.toISOString().slice(0, 16).replace("T", " ") + " UTC";
+    }
+
     function setText(id, text) {
       var node = $(id);
       if (node && node.textContent !== text) node.textContent = text;
@@ -54,9 +62,8 @@
       });
       LetheCharts.lines(lossChart, series, {
         label: "Training loss by step", xLabel: "step", yLabel: "loss", xMin: 0,
-        xMax: state.total_steps || undefined,
-        emptyText: state.terminal ? "no loss points were observed while the job ran"
-          : "waiting for the first training step"
+        xMax: state.total_steps || undefined, integerX: true,
+        emptyText: state.terminal ? "no loss points observed" : "waiting for the first step"
       });
       lossChart.dataset.points = String(history.length);
     }
@@ -86,6 +93,8 @@
       setText("job-loss", typeof s.loss === "number" ? s.loss.toFixed(4) : "—");
       setText("job-eta", s.terminal ? "—" : duration(s.eta_seconds));
       setText("job-attempts", String(s.attempts));
+      setText("job-started", when(s.started_at));
+      setText("job-finished", when(s.finished_at));
       var err = $("job-error");
       err.hidden = !s.error;
       setText("job-error", s.error || "");
