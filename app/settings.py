@@ -44,7 +44,10 @@ class Settings(BaseSettings):
     # A stage whose worker stopped writing heartbeats for this long is run again.
     job_lease_s: float = 120.0
     maintenance_interval_s: float = 5.0
-    max_batch_size: int = 50
+    max_batch_size: int = Field(default=50, description="requests per unlearning job at most")
+    batch_max_wait_s: float = Field(
+        default=0.0, description="hold a partial batch this long for more requests (0: never)"
+    )
     device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'")
     generation_max_new_tokens: int = 64
     worker_metrics_port: int = Field(

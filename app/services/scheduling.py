@@ -70,6 +70,17 @@ def schedule(session: Session, model_id: str) -> UnlearningJob | None:
     )
     if not pending:
         return None
+    settings = get_settings()
+    if len(pending) < settings.max_batch_size and settings.batch_max_wait_s > 0:
+        # wait for a fuller batch (cheaper per subject), but never past the oldest
+        # request's wait or within a week of the earliest deadline
+        now = utcnow()
+        oldest = min(r.received_at for r in pending)
+        earliest_due = min(r.due_at for r in pending)
+        if (now - oldest).total_seconds() < settings.batch_max_wait_s and (
+            earliest_due - now
+        ).days >= 7:
+            return None
     model = session.get(Model, model_id)
     assert model is not None and model.production_version_id is not None
     job = UnlearningJob(

@@ -232,3 +232,25 @@ def test_encryption_keys_rotate_without_losing_data(model, monkeypatch):
         privacy.rotate_ciphertexts()
         monkeypatch.undo()
         get_settings.cache_clear()
+
+
+def test_partial_batches_wait_up_to_the_maximum_wait(make_model, monkeypatch):
+    from app.settings import get_settings
+
+    model = make_model()
+    monkeypatch.setenv("LETHE_BATCH_MAX_WAIT_S", "3600")
+    get_settings.cache_clear()
+    try:
+        first = _submit(model, "Waiting One")
+        second = _submit(model, "Waiting Two")
+        with session_scope() as session:
+            assert session.get(ErasureRequest, first.id).status == "received"  # held back
+            # once the oldest has waited long enough, both go in one job, earliest due first
+            session.get(ErasureRequest, first.id).received_at -= timedelta(hours=2)
+        recovery.schedule_waiting_models()
+        with session_scope() as session:
+            a, b = session.get(ErasureRequest, first.id), session.get(ErasureRequest, second.id)
+            assert a.status == b.status == "queued" and a.job_id == b.job_id
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
