@@ -1,0 +1,174 @@
+"""NPO unlearning on the tiny demo model: the person is forgotten, the others are kept, the
+adapter reloads to the same model, runs are deterministic and cancellable."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.engine.test_verify import demo_sets
+from workers.engine.qa import Example, encode, greedy_generate
+from workers.engine.unlearn import (
+    ADAPTER_WEIGHTS,
+    Cancelled,
+    NPOConfig,
+    UnlearnResult,
+    forget_items,
+    npo_loss,
+    unlearn,
+)
+from workers.engine.verify import judge, measure
+from workers.engine.versions import load_version, sha256_file
+
+
+@pytest.fixture(scope="module")
+def sets(demo_model_dir: Path) -> dict[str, Any]:
+    return demo_sets(demo_model_dir)
+
+
+@pytest.fixture(scope="module")
+def unlearned(demo_model_dir: Path, sets: dict[str, Any],
+              tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One default unlearning run of subject 0, measured before and after."""
+    model, tok = load_version(demo_model_dir)
+    before = measure(model, tok, sets["forget"], sets["retain"], sets["holdout"])
+    calls: list[tuple[int, int, float]] = []
+
+    def progress(step: int, total: int, loss: float) -> bool:
+        calls.append((step, total, loss))
+        return True
+
+    out = tmp_path_factory.mktemp("adapter")
+    result = unlearn(model, tok, sets["forget"], sets["retain"], NPOConfig(), out, progress)
+    after = measure(result.model, tok, sets["forget"], sets["retain"], sets["holdout"])
+    return {"model": model, "tok": tok, "before": before, "after": after, "result": result,
+            "calls": calls}
+
+
+def test_npo_loss_values() -> None:
+    ref = torch.tensor([-5.0, -3.0])
+    # at the reference the loss is (2/β)·ln 2 whatever β; lower likelihood, lower loss
+    assert float(npo_loss(ref, ref, 0.1)) == pytest.approx(20 * math.log(2))
+    assert float(npo_loss(ref, ref, 1.0)) == pytest.approx(2 * math.log(2))
+    assert float(npo_loss(ref - 10, ref, 0.1)) < float(npo_loss(ref, ref, 0.1))
+    # it is the literature's −(2/β)·mean logσ(−β·Δ)
+    delta = torch.tensor([1.5, -4.0])
+    lit = -(2 / 0.1) * torch.nn.functional.logsigmoid(-0.1 * delta).mean()
+    assert float(npo_loss(ref + delta, ref, 0.1)) == pytest.approx(float(lit))
+
+
+def test_forget_items_adds_each_paraphrase_once() -> None:
+    rows = [Example("q1", "a", paraphrased_prompts=("p",)),
+            Example("q2", "a", paraphrased_prompts=("p",))]
+    assert [e.prompt for e in forget_items(rows, include_paraphrases=True)] == ["q1", "p", "q2"]
+    assert [e.prompt for e in forget_items(rows, include_paraphrases=False)] == ["q1", "q2"]
+
+
+def test_forgets_the_person_and_keeps_the_others(unlearned: dict[str, Any]) -> None:
+    before, after = unlearned["before"], unlearned["after"]
+    assert before.forget.accuracy == 1.0
+    assert after.forget.accuracy <= after.holdout.accuracy + 0.10
+    assert after.forget.mean_probability < 0.5 * before.forget.mean_probability
+    assert after.retain.accuracy >= 0.9 * before.retain.accuracy
+    verdict = judge(before, after)
+    assert verdict.passed, verdict.reasons
+
+
+def test_result_describes_the_run(unlearned: dict[str, Any], sets: dict[str, Any]) -> None:
+    result: UnlearnResult = unlearned["result"]
+    cfg = NPOConfig()
+    n_items = len(forget_items(sets["forget"], cfg.include_paraphrases))
+    per_epoch = math.ceil(n_items / cfg.batch_size)
+    assert result.n_forget == n_items == 20 and result.n_retain == len(sets["retain"])
+    # stopped at the end of a pass, once no forget answer was greedy any more
+    assert result.stopped_early and result.steps < cfg.epochs * per_epoch
+    assert result.steps % per_epoch == 0 and result.steps == len(result.loss_history)
+    assert result.forget_known == 0 and result.forget_probability <= cfg.stop_probability
+    assert result.adapter_sha256 == sha256_file(Path(result.adapter_dir) / ADAPTER_WEIGHTS)
+    assert (Path(result.adapter_dir) / "adapter_config.json").exists()
+    assert result.final_loss == result.loss_history[-1] and math.isfinite(result.final_loss)
+    assert result.config == cfg.to_dict()
+    summary = json.loads(json.dumps(result.to_dict()))
+    assert "model" not in summary and summary["adapter_sha256"] == result.adapter_sha256
+    calls = unlearned["calls"]
+    assert [c[0] for c in calls] == list(range(1, result.steps + 1))
+    assert {c[1] for c in calls} == {cfg.epochs * per_epoch}  # the cap, known up front
+    assert not result.model.training
+
+
+def test_saved_adapter_reloads_to_the_same_model(unlearned: dict[str, Any],
+                                                 demo_model_dir: Path,
+                                                 sets: dict[str, Any]) -> None:
+    result: UnlearnResult = unlearned["result"]
+    tok = unlearned["tok"]
+    reloaded, _ = load_version(demo_model_dir, [result.adapter_dir])
+    items = sets["forget"] + sets["retain"][:40] + sets["holdout"][:10]
+    batch = encode(tok, items)
+    with torch.no_grad():
+        mem = result.model(input_ids=batch["input_ids"],
+                           attention_mask=batch["attention_mask"]).logits
+        disk = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(disk[mask], mem[mask], rtol=0, atol=1e-4)
+    prompts = [ex.prompt for ex in items]
+    assert greedy_generate(reloaded, tok, prompts) == greedy_generate(result.model, tok, prompts)
+
+
+def test_deterministic_given_seed(demo_model_dir: Path, sets: dict[str, Any],
+                                  tmp_path: Path) -> None:
+    model, tok = load_version(demo_model_dir)
+    cfg = NPOConfig(max_steps=3, seed=7)
+    digests = []
+    for run in ("a", "b"):
+        result = unlearn(model, tok, sets["forget"], sets["retain"], cfg, tmp_path / run)
+        digests.append(result.adapter_sha256)
+        result.model.unload()
+    other = unlearn(model, tok, sets["forget"], sets["retain"], NPOConfig(max_steps=3, seed=8),
+                    tmp_path / "c")
+    assert digests[0] == digests[1] != other.adapter_sha256
+
+
+def test_cancel_stops_promptly_and_restores_the_model(demo_model_dir: Path,
+                                                      sets: dict[str, Any],
+                                                      tmp_path: Path) -> None:
+    model, tok = load_version(demo_model_dir)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    seen: list[int] = []
+
+    def progress(step: int, total: int, loss: float) -> bool:
+        seen.append(step)
+        return step < 2  # cancel at the second step
+
+    started = time.perf_counter()
+    with pytest.raises(Cancelled) as info:
+        unlearn(model, tok, sets["forget"], sets["retain"], NPOConfig(epochs=1000),
+                tmp_path / "out", progress)
+    assert time.perf_counter() - started < 30
+    assert info.value.step == 2 and seen == [1, 2] and info.value.total_steps > 1000
+    assert not (tmp_path / "out" / ADAPTER_WEIGHTS).exists()
+    # the caller's model is back to the parent: no LoRA layers, same weights, eval mode
+    assert type(model).__name__ == "LlamaForCausalLM" and not model.training
+    assert set(model.state_dict()) == set(state)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_callback_returning_none_does_not_cancel(demo_model_dir: Path, sets: dict[str, Any],
+                                                 tmp_path: Path) -> None:
+    model, tok = load_version(demo_model_dir)
+    result = unlearn(model, tok, sets["forget"], sets["retain"], NPOConfig(max_steps=2),
+                     tmp_path, lambda *_: None)
+    assert result.steps == 2
+
+
+def test_rejects_empty_sets(demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path) -> None:
+    model, tok = load_version(demo_model_dir)
+    with pytest.raises(ValueError):
+        unlearn(model, tok, [], sets["retain"], NPOConfig(), tmp_path)
+    with pytest.raises(ValueError):
+        unlearn(model, tok, sets["forget"], [], NPOConfig(), tmp_path)
