@@ -86,8 +86,10 @@ def run(
     print_: str,
     status: int,
     produce: Callable[[], Any],
+    secret_fields: tuple[str, ...] = (),
 ) -> Outcome:
-    """Run ``produce`` (returning a JSON-able body) at most once per key."""
+    """Run ``produce`` (returning a JSON-able body) at most once per key. Top-level
+    ``secret_fields`` of the body are not stored (a replay shows them as null)."""
     if key is None:
         return Outcome(status, produce(), False)
     replay = _claim(tenant_id, key, print_)
@@ -107,7 +109,15 @@ def run(
         session.execute(
             update(IdempotencyKey)
             .where(IdempotencyKey.tenant_id == tenant_id, IdempotencyKey.key == key)
-            .values(response_status=status, response_body=json.dumps(body, default=str))
+            .values(
+                response_status=status,
+                response_body=json.dumps(
+                    {k: (None if k in secret_fields else v) for k, v in body.items()}
+                    if isinstance(body, dict)
+                    else body,
+                    default=str,
+                ),
+            )
         )
     return Outcome(status, body, False)
 

@@ -444,3 +444,42 @@ def test_audit_chain_detects_edits_deletions_and_reordering(client, tenants):
     with get_engine().begin() as conn:
         conn.execute(text("DELETE FROM audit_events WHERE id = :id"), {"id": third.id})
     assert any("deleted" in p for p in problems())
+
+
+def test_every_create_is_idempotent_and_secrets_are_not_replayed(client, tenants):
+    key = tenants["a"]["full"]
+    idem = {"Idempotency-Key": f"hook-{uuid.uuid4()}"}
+    body = {"url": "http://127.0.0.1:9/hook", "event_types": ["request.completed"]}
+    first = client.post("/v1/webhooks", headers={**bearer(key), **idem}, json=body)
+    again = client.post("/v1/webhooks", headers={**bearer(key), **idem}, json=body)
+    assert first.status_code == again.status_code == 201
+    assert again.json()["id"] == first.json()["id"] and first.json()["secret"]
+    assert again.json()["secret"] is None  # the signing secret is shown once, never stored
+    hooks_b = client.get("/v1/webhooks", headers=bearer(tenants["b"]["full"])).json()
+    assert first.json()["id"] not in [h["id"] for h in hooks_b]  # tenant-scoped
+    assert (
+        client.get(
+            f"/v1/webhooks/{first.json()['id']}/deliveries", headers=bearer(tenants["b"]["full"])
+        ).status_code
+        == 404
+    )
+
+    idem = {"Idempotency-Key": f"key-{uuid.uuid4()}"}
+    body = {"name": "ci", "scopes": ["requests:read"]}
+    made = client.post(
+        f"/v1/tenants/{tenants['a']['id']}/api-keys", headers={**auth(), **idem}, json=body
+    )
+    replay = client.post(
+        f"/v1/tenants/{tenants['a']['id']}/api-keys", headers={**auth(), **idem}, json=body
+    )
+    assert made.json()["key"] and replay.json()["key"] is None
+    assert replay.json()["id"] == made.json()["id"]
+    with get_engine().connect() as conn:
+        stored = str(conn.execute(text("SELECT response_body FROM idempotency_keys")).all())
+    assert made.json()["key"] not in stored and first.json()["secret"] not in stored
+
+    idem = {"Idempotency-Key": f"tenant-{uuid.uuid4()}"}
+    name = {"name": f"idem-{uuid.uuid4().hex[:6]}"}
+    t1 = client.post("/v1/tenants", headers={**auth(), **idem}, json=name)
+    t2 = client.post("/v1/tenants", headers={**auth(), **idem}, json=name)
+    assert t1.status_code == t2.status_code == 201 and t1.json()["id"] == t2.json()["id"]

@@ -3,11 +3,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, status
+from fastapi import APIRouter, BackgroundTasks, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy import select
 
+from app.api import idempotent
 from app.api.deps import ReadDep, SessionDep, WriteDep
+from app.api.idempotent import IdempotencyKeyHeader
 from app.api.schemas import (
     ErasureRequestCreate,
     ErasureRequestOut,
@@ -17,20 +19,10 @@ from app.api.schemas import (
 )
 from app.db.base import utcnow
 from app.db.models import ErasureRequest, Model, RequestStatus
-from app.db.session import get_sessionmaker
-from app.services import dispatch, idempotency, intake, reports, scheduling
+from app.services import dispatch, intake, reports, scheduling
 from app.services.pagination import paginate
 
 router = APIRouter(prefix="/v1/erasure-requests", tags=["erasure requests"])
-
-IdempotencyKeyHeader = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        max_length=255,
-        description="retry-safe creation: the same key and body give the original response",
-    ),
-]
 
 
 def request_out(session: SessionDep, request: ErasureRequest) -> ErasureRequestOut:
@@ -58,40 +50,29 @@ def request_out(session: SessionDep, request: ErasureRequest) -> ErasureRequestO
 )
 def create_request(
     body: ErasureRequestCreate,
+    session: SessionDep,
     caller: WriteDep,
     tasks: BackgroundTasks,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
-    model_ids: list[str] = []
+    def produce() -> ErasureRequestOut:
+        request = intake.submit_erasure_request(
+            session,
+            caller.tenant_id,
+            model_name=body.model,
+            subject_id=body.subject_id,
+            forget=[item.model_dump() for item in body.forget],
+            actor=caller.actor,
+        )
+        session.commit()
+        # batching and sending happen after the response; a broker outage leaves the
+        # task in the outbox for the maintenance loop
+        tasks.add_task(scheduling.schedule_soon, request.model_id)
+        return request_out(session, request)
 
-    def produce() -> dict:  # type: ignore[type-arg]
-        with get_sessionmaker()() as session:
-            request = intake.submit_erasure_request(
-                session,
-                caller.tenant_id,
-                model_name=body.model,
-                subject_id=body.subject_id,
-                forget=[item.model_dump() for item in body.forget],
-                actor=caller.actor,
-            )
-            session.commit()
-            model_ids.append(request.model_id)
-            return request_out(session, request).model_dump(mode="json")
-
-    outcome = idempotency.run(
-        caller.tenant_id,
-        idempotency_key,
-        idempotency.fingerprint("POST", "/v1/erasure-requests", body.model_dump(mode="json")),
-        status.HTTP_202_ACCEPTED,
-        produce,
+    return idempotent.respond(
+        caller, idempotency_key, "/v1/erasure-requests", body, status.HTTP_202_ACCEPTED, produce
     )
-    # sent after the response; if the broker is down the outbox keeps it for later
-    # batching and sending happen after the response; a broker outage leaves the task in
-    # the outbox for the maintenance loop
-    for model_id in model_ids:
-        tasks.add_task(scheduling.schedule_soon, model_id)
-    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
-    return JSONResponse(outcome.body, status_code=outcome.status, headers=headers)
 
 
 @router.get("", response_model=ErasureRequestPage, summary="List requests, newest first")

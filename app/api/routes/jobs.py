@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -57,10 +58,16 @@ def list_jobs(
     caller: ReadDep,
     status: str | None = None,
     model: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> JobPage:
     stmt = select(UnlearningJob).where(UnlearningJob.tenant_id == caller.tenant_id)
+    if created_after:
+        stmt = stmt.where(UnlearningJob.created_at >= created_after)
+    if created_before:
+        stmt = stmt.where(UnlearningJob.created_at < created_before)
     if status:
         stmt = stmt.where(UnlearningJob.status == status)
     if model:
@@ -144,10 +151,19 @@ def list_certificates(
     session: SessionDep,
     caller: ReadDep,
     passed: bool | None = None,
+    model: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> CertificatePage:
     stmt = select(Certificate).where(Certificate.tenant_id == caller.tenant_id)
+    if model:
+        stmt = stmt.join(Model, Model.id == Certificate.model_id).where(Model.name == model)
+    if created_after:
+        stmt = stmt.where(Certificate.created_at >= created_after)
+    if created_before:
+        stmt = stmt.where(Certificate.created_at < created_before)
     if passed is not None:
         stmt = stmt.where(Certificate.passed == passed)
     page = paginate(session, stmt, Certificate.created_at, Certificate.id, cursor, limit)

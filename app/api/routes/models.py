@@ -3,9 +3,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
+from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
+from app.api import idempotent
 from app.api.deps import ModelsAdminDep, ReadDep, SessionDep
+from app.api.idempotent import IdempotencyKeyHeader
 from app.api.schemas import GenerateIn, GenerateOut, ModelCreate, ModelOut, VersionOut, VersionPage
 from app.db.models import Model, ModelVersion
 from app.services import generation, registry
@@ -35,19 +38,27 @@ def model_out(session: SessionDep, model: Model) -> ModelOut:
     response_model=ModelOut,
     summary="Register a model; its base weights become version 1 (production)",
 )
-def create_model(body: ModelCreate, session: SessionDep, caller: ModelsAdminDep) -> ModelOut:
-    model = registry.register_model(
-        session,
-        caller.tenant_id,
-        name=body.name,
-        path=body.path,
-        retain_path=body.retain_path,
-        holdout_path=body.holdout_path,
-        prompt_template=body.prompt_template,
-        actor=caller.actor,
-    )
-    session.commit()
-    return model_out(session, model)
+def create_model(
+    body: ModelCreate,
+    session: SessionDep,
+    caller: ModelsAdminDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JSONResponse:
+    def produce() -> ModelOut:
+        model = registry.register_model(
+            session,
+            caller.tenant_id,
+            name=body.name,
+            path=body.path,
+            retain_path=body.retain_path,
+            holdout_path=body.holdout_path,
+            prompt_template=body.prompt_template,
+            actor=caller.actor,
+        )
+        session.commit()
+        return model_out(session, model)
+
+    return idempotent.respond(caller, idempotency_key, "/v1/models", body, 201, produce)
 
 
 @router.get("/{name}", response_model=ModelOut)

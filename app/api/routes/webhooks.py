@@ -4,10 +4,13 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
+from app.api import idempotent
 from app.api.deps import ModelsAdminDep, ReadDep, SessionDep
+from app.api.idempotent import IdempotencyKeyHeader
 from app.db.models import WebhookDelivery, WebhookEndpoint
 from app.services import webhooks
 from app.services.pagination import paginate
@@ -87,12 +90,23 @@ def delivery_out(d: WebhookDelivery) -> DeliveryOut:
     response_model=WebhookCreated,
     summary="Subscribe a URL to state-change events (Standard Webhooks signatures)",
 )
-def create_webhook(body: WebhookIn, session: SessionDep, caller: ModelsAdminDep) -> WebhookCreated:
-    endpoint, secret = webhooks.create_endpoint(
-        session, caller.tenant_id, body.url, body.event_types, caller.actor
+def create_webhook(
+    body: WebhookIn,
+    session: SessionDep,
+    caller: ModelsAdminDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JSONResponse:
+    def produce() -> WebhookCreated:
+        endpoint, secret = webhooks.create_endpoint(
+            session, caller.tenant_id, body.url, body.event_types, caller.actor
+        )
+        session.commit()
+        return WebhookCreated(**endpoint_out(endpoint).model_dump(), secret=secret)
+
+    # the signing secret is never stored for a replay: a replay shows "secret": null
+    return idempotent.respond(
+        caller, idempotency_key, "/v1/webhooks", body, 201, produce, secret_fields=("secret",)
     )
-    session.commit()
-    return WebhookCreated(**endpoint_out(endpoint).model_dump(), secret=secret)
 
 
 @router.get("", response_model=list[WebhookOut])
