@@ -150,7 +150,7 @@ def throughput(
             ErasureRequest.completed_at >= start,
         )
     ):
-        day = completed_at.date().isoformat()
+        day = completed_at.date().isoformat() if completed_at else ""
         if day in per_day:
             per_day[day] += 1
     return [{"date": d, "completed": n} for d, n in per_day.items()]
@@ -273,6 +273,10 @@ def _scalars(data: dict[str, Any], skip: set[str]) -> dict[str, Any]:
     return out
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 # fields of an attempt that are shown elsewhere, or are long series
 _ATTEMPT_SKIP = {
     "attempt",
@@ -305,12 +309,11 @@ def attempts(job: UnlearningJob) -> list[dict[str, Any]]:
         ]
     out = []
     for index, item in enumerate(items, start=1):
-        unlearning = item.get("unlearning") if isinstance(item.get("unlearning"), dict) else {}
-        verification = item.get("verification")
-        verification = verification if isinstance(verification, dict) else None
+        unlearning: dict[str, Any] = _dict(item.get("unlearning"))
+        verification: dict[str, Any] | None = _dict(item.get("verification")) or None
         passed = item.get("passed", verification.get("passed") if verification else None)
         reasons = item.get("reasons") or (verification or {}).get("reasons") or []
-        config = item.get("config") if isinstance(item.get("config"), dict) else {}
+        config = _dict(item.get("config"))
         out.append(
             {
                 "number": item.get("attempt") or item.get("number") or index,
@@ -436,7 +439,7 @@ def lineages(session: Session, tenant_id: str) -> list[ModelLineage]:
             )
             for v in versions
         }
-        roots = []
+        roots: list[VersionNode] = []
         for v in versions:
             parent = nodes.get(v.parent_id) if v.parent_id else None
             (parent.children if parent else roots).append(nodes[v.id])

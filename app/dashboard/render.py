@@ -40,10 +40,12 @@ def when(value: datetime | str | None) -> str:
         return "—"
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value)
+            moment = datetime.fromisoformat(value)
         except ValueError:
             return value
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    else:
+        moment = value
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def span(seconds: float | None) -> str:
@@ -99,7 +101,7 @@ templates.globals.update(query=query, session_hours=SESSION_SECONDS // 3600)
 
 def static_version() -> str:
     """Changes whenever a static file does, so browsers fetch the new one."""
-    stamps = [p.stat().st_mtime_ns for p in STATIC_DIR.iterdir() if p.is_file()]
+    stamps = [p.stat().st_mtime_ns for p in STATIC_DIR.glob("*") if p.is_file()]
     return format(max(stamps, default=0) % 10**10, "x")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Query, Request
@@ -22,6 +22,7 @@ from app.db.models import JobStatus, Model, ModelVersion, RequestStatus
 from app.db.session import get_sessionmaker
 from app.services import ratelimit, reports
 from app.services.errors import InvalidInput, NotFound
+from app.services.tenancy import Principal
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
@@ -123,7 +124,7 @@ def login_form(request: Request, session: SessionDep, next: str | None = None) -
     return _login_page(request, auth.safe_next(next))
 
 
-def _check_key(presented: str) -> tuple[Any, str]:
+def _check_key(presented: str) -> tuple[Principal | None, str]:
     with get_sessionmaker()() as session:
         return auth.sign_in(session, presented)
 
@@ -457,7 +458,9 @@ def certificate_page(certificate_id: str, request: Request, session: SessionDep)
 
 # -- static files ----------------------------------------------------------------------
 
-_STATIC = {p.name: p for p in STATIC_DIR.iterdir() if p.is_file()}
+# read once; a missing folder (an install without the files) serves nothing rather than
+# failing the whole app at import
+_STATIC = {p.name: p for p in STATIC_DIR.glob("*") if p.is_file()}
 
 
 @router.get("/static/{name}")
