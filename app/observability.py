@@ -169,7 +169,8 @@ class PipelineCollector(Collector):
                 ):
                     jobs.add_metric([state], n)
                 now = utcnow()
-                open_ = ErasureRequest.status.not_in(["completed", "cancelled", "failed"])
+                # a failed request is not fulfilled: its deadline still runs
+                open_ = ErasureRequest.status.not_in(["completed", "cancelled"])
                 overdue.add_metric(
                     [],
                     session.scalar(

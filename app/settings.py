@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # A stage whose worker stopped writing heartbeats for this long is run again.
     job_lease_s: float = 120.0
     maintenance_interval_s: float = 5.0
+    max_adapter_chain: int = Field(
+        default=4, description="merge a version into a checkpoint past this many adapters"
+    )
     max_batch_size: int = Field(default=50, description="requests per unlearning job at most")
     batch_max_wait_s: float = Field(
         default=0.0, description="hold a partial batch this long for more requests (0: never)"

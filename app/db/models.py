@@ -122,7 +122,10 @@ class ModelVersion(Base):
     parent_id: Mapped[str | None] = mapped_column(
         String(36), ForeignKey("model_versions.id"), nullable=True
     )
-    # ordered adapter directories applied on top of the base weights, oldest first
+    # how to load this version: start from ``weights_path`` (NULL: the model's base
+    # weights; else a compacted checkpoint of an ancestor) and apply ``adapter_chain``,
+    # oldest first. Compaction rewrites the storage form, never the content.
+    weights_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     adapter_chain: Mapped[list[str]] = mapped_column(JSONType, default=list)
     adapter_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # one version per job at most: a duplicate publish cannot create a second one

@@ -9,8 +9,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app.services import registry
-from app.settings import get_settings
+from app.services import registry, versions
 
 
 @dataclass
@@ -34,7 +33,6 @@ def generate(
     max_new_tokens: int,
 ) -> Generated:
     from workers.engine.qa import PromptTemplate, greedy_generate
-    from workers.engine.versions import load_version
 
     model = registry.get_model(session, tenant_id, model_name)
     version = registry.production_version(session, model)
@@ -42,9 +40,7 @@ def generate(
         cached = _cache.get(model.id)
         if cached is None or cached[0] != version.id:
             _cache.pop(model.id, None)
-            lm, tokenizer = load_version(
-                model.base_path, version.adapter_chain, device=get_settings().device
-            )
+            lm, tokenizer = versions.load(model, version)
             cached = (version.id, lm, tokenizer)
             _cache[model.id] = cached
         _, lm, tokenizer = cached

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 import time
 import uuid
@@ -35,7 +36,7 @@ from app.db.models import (
 )
 from app.db.session import session_scope
 from app.observability import STAGE_SECONDS, correlation_id
-from app.services import audit, dispatch, privacy, scheduling
+from app.services import audit, dispatch, privacy, scheduling, versions
 from app.settings import get_settings
 
 log = logging.getLogger("lethe.jobs")
@@ -185,6 +186,10 @@ class JobInputs:
     parent: ModelVersion
     job: UnlearningJob
     forget_rows: list[dict[str, Any]]
+    # everything ever erased from this model (this batch included), so that no retain
+    # set re-teaches it: item digests and keyed subject hashes
+    erased_digests: set[str]
+    erased_subjects: set[str]
 
 
 def _inputs(job_id: str) -> JobInputs:
@@ -201,23 +206,58 @@ def _inputs(job_id: str) -> JobInputs:
             if request.forget_ciphertext is None:
                 raise RuntimeError(f"forget payload of request {request.id} is gone")
             rows.extend(privacy.decrypt_items(request.forget_ciphertext, request.id))
+        digests: set[str] = set()
+        subjects: set[str] = set()
+        for item_digests, subject in session.execute(
+            select(ErasureRequest.forget_digests, ErasureRequest.subject_hash).where(
+                ErasureRequest.model_id == model.id,
+                (ErasureRequest.job_id == job_id)
+                | (ErasureRequest.status == RequestStatus.completed),
+            )
+        ):
+            digests.update(item_digests)
+            subjects.add(subject)
         session.expunge_all()
-    return JobInputs(model, parent, job, rows)
+    return JobInputs(model, parent, job, rows, digests, subjects)
 
 
 def _examples(inputs: JobInputs) -> tuple[list[Any], list[Any], list[Any]]:
-    """Forget, retain and holdout examples. Retain = the model's retain corpus less any
-    item the batch asks to forget (same question or same text)."""
+    """Forget, retain and holdout examples. Retain = the model's retain corpus less
+    everything erased from the model so far, this batch included: the same item (by
+    digest, or the same question or text) or the same data subject (by keyed hash).
+
+    Items erased by earlier jobs that the corpus still holds are replayed into the forget
+    set: unlearning a new subject must not bring an earlier one back, and verification
+    then checks that it did not."""
     from workers.engine.qa import PromptTemplate, examples_from_rows, load_jsonl
 
     template = PromptTemplate(inputs.model.prompt_template)
     forget = examples_from_rows(inputs.forget_rows, template)
     erased = {r.get("question") or r.get("text") for r in inputs.forget_rows}
-    retain_rows = [
-        r
-        for r in load_jsonl(inputs.model.retain_path)
-        if (r.get("question") or r.get("text")) not in erased
+
+    def still_kept(row: dict[str, Any]) -> bool:
+        item = (
+            {"question": row["question"], "answer": row["answer"]}
+            if row.get("question") is not None
+            else {"text": row.get("text")}
+        )
+        return (
+            (row.get("question") or row.get("text")) not in erased
+            and privacy.item_digest(item) not in inputs.erased_digests
+            and not (
+                row.get("subject")
+                and privacy.subject_hash(str(row["subject"])) in inputs.erased_subjects
+            )
+        )
+
+    corpus = load_jsonl(inputs.model.retain_path)
+    retain_rows = [r for r in corpus if still_kept(r)]
+    replay = [
+        {"question": r["question"], "answer": r["answer"]}
+        for r in corpus
+        if not still_kept(r) and r.get("question") is not None and r["question"] not in erased
     ]
+    forget = forget + examples_from_rows(replay, template)
     retain = examples_from_rows(retain_rows, template)
     holdout = examples_from_rows(load_jsonl(inputs.model.holdout_path), template)
     return forget, retain, holdout
@@ -231,6 +271,20 @@ def _npo_config(config: dict[str, Any]) -> Any:
 
 
 DB_ERRORS = (OperationalError, InterfaceError)
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities become null: JSON (and PostgreSQL's JSONB) has no such numbers,
+    and an empty evaluation set yields NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 T = TypeVar("T")
 
 
@@ -304,16 +358,15 @@ def run_unlearn(job_id: str) -> None:
     if claim is None:
         return
     from workers.engine.unlearn import Cancelled, unlearn
-    from workers.engine.versions import load_version
 
     settings = get_settings()
     with claim:
         try:
             inputs = _inputs(job_id)
             forget, retain, _ = _examples(inputs)
-            model, tokenizer = load_version(
-                inputs.model.base_path, inputs.parent.adapter_chain, device=settings.device
-            )
+            model, tokenizer = versions.load(inputs.model, inputs.parent)
+            # a long chain is merged into a checkpoint now, while the parent is loaded
+            versions.compact_if_long(inputs.model, inputs.parent, model, tokenizer)
             out_dir = (
                 settings.data_dir
                 / "adapters"
@@ -388,7 +441,7 @@ def run_unlearn(job_id: str) -> None:
                     step=result.steps,
                     total_steps=result.steps,
                     loss=result.final_loss,
-                    metrics={"unlearning": summary},
+                    metrics={"unlearning": json_safe(summary)},
                 )
                 dispatch.enqueue(session, "verify", job_id)
 
@@ -425,14 +478,14 @@ def run_verify(job_id: str) -> None:
                 )
                 return
             forget, retain, holdout = _examples(inputs)
+            weights = versions.weights_of(inputs.model, inputs.parent)
             chain = list(inputs.parent.adapter_chain)
-            parent_model, tokenizer = load_version(
-                inputs.model.base_path, chain, device=settings.device
-            )
+            parent_model, tokenizer = load_version(weights, chain, device=settings.device)
             before = measure(parent_model, tokenizer, forget, retain, holdout)
             del parent_model
+            # the candidate exactly as it will be published, from the files on disk
             candidate, tokenizer = load_version(
-                inputs.model.base_path, [*chain, job.adapter_path], device=settings.device
+                weights, [*chain, job.adapter_path], device=settings.device
             )
             after = measure(candidate, tokenizer, forget, retain, holdout)
             verdict = judge(before, after)
@@ -478,7 +531,7 @@ def run_verify(job_id: str) -> None:
                             }
                             for r in requests
                         ],
-                        "metrics": verdict.metrics,
+                        "metrics": json_safe(verdict.metrics),
                         "thresholds": verdict.thresholds,
                         "policy": verdict.policy,
                         "verdict": "passed" if verdict.passed else "failed",
@@ -510,7 +563,7 @@ def run_verify(job_id: str) -> None:
                     )
                     metrics = {
                         **job.metrics,
-                        "verification": verdict.to_dict(),
+                        "verification": json_safe(verdict.to_dict()),
                         "verification_seconds": before.seconds + after.seconds,
                     }
                     cancelled = session.scalar(
@@ -617,6 +670,7 @@ def run_publish(job_id: str) -> None:
                 model_id=model.id,
                 number=number,
                 parent_id=parent.id,
+                weights_path=parent.weights_path,
                 adapter_chain=[*parent.adapter_chain, job.adapter_path],
                 adapter_sha256=job.adapter_sha256,
                 job_id=job.id,
