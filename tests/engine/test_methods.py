@@ -1,0 +1,184 @@
+"""Every registered unlearning method through the shared loop on the tiny demo model:
+forgets (lower answer probability), validates its config, cancels cleanly; the
+task-vector adapter reloads through ``load_version``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+import torch
+
+from tests.engine.test_verify import demo_sets
+from workers.engine.methods import (
+    METHOD_NAMES,
+    REGISTRY,
+    MethodConfig,
+    default_config,
+    parse_method_config,
+)
+from workers.engine.training import run_unlearning
+from workers.engine.unlearn import ADAPTER_WEIGHTS, Cancelled, UnlearnResult, score_items
+from workers.engine.versions import load_version
+
+# Short runs: a dozen steps at rates that move the tiny model that fast. SimNPO's
+# γ = 0.125 and the one-layer RMU adapter need a larger rate in so few steps.
+STEPS = 12
+FAST: dict[str, dict[str, Any]] = {
+    "simnpo": {"learning_rate": 5e-3},
+    "rmu": {"learning_rate": 1e-2},
+    "task_vector": {"learning_rate": 1e-2},
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    # the machine is shared: one thread is as fast for this model and never spins
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def sets(demo_model_dir: Path) -> dict[str, Any]:
+    return demo_sets(demo_model_dir)
+
+
+@pytest.fixture(scope="module")
+def before(demo_model_dir: Path, sets: dict[str, Any]) -> float:
+    model, tok = load_version(demo_model_dir)
+    return score_items(model, tok, sets["forget"]).mean_probability
+
+
+def config_for(name: str, **extra: Any) -> dict[str, Any]:
+    return {"method": name, "max_steps": STEPS, **FAST.get(name, {}), **extra}
+
+
+# ------------------------------------------------------------------- registry
+
+
+def test_registry_names_and_defaults() -> None:
+    assert set(METHOD_NAMES) == {"grad_ascent", "grad_diff", "npo", "simnpo", "idk_dpo",
+                                 "rmu", "undial", "task_vector"}
+    for name in METHOD_NAMES:
+        cfg = default_config(name)
+        assert cfg.method == name  # type: ignore[attr-defined]
+        assert isinstance(cfg, REGISTRY[name][0])
+        # round-trips through JSON, as the API stores it
+        assert parse_method_config(cfg.model_dump(mode="json")) == cfg
+    assert default_config("npo").beta == 0.1  # type: ignore[attr-defined]
+
+
+def test_registry_rejects_unknown_names() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        parse_method_config({"method": "sparse_magic"})
+    with pytest.raises(pydantic.ValidationError):
+        parse_method_config({"beta": 0.1})  # no discriminator
+    with pytest.raises(KeyError):
+        default_config("NPO")
+
+
+@pytest.mark.parametrize("bad", [
+    {"method": "npo", "beta": 0},
+    {"method": "npo", "lora_rank": 0},
+    {"method": "npo", "learning_rate": -1e-3},
+    {"method": "npo", "batch_size": "many"},
+    {"method": "npo", "no_such_field": 1},
+    {"method": "grad_diff", "retain_loss": "l2"},
+    {"method": "simnpo", "beta": -4.5},
+    {"method": "task_vector", "negation_scale": 0},
+    {"method": "rmu", "layer": -1},
+    {"method": "grad_ascent", "beta": 0.1},  # another method's hyper-parameter
+])
+def test_registry_rejects_bad_hyper_parameters(bad: dict[str, Any]) -> None:
+    with pytest.raises(pydantic.ValidationError):
+        parse_method_config(bad)
+
+
+def test_method_config_as_a_pydantic_field() -> None:
+    class Job(pydantic.BaseModel):
+        config: MethodConfig
+
+    job = Job.model_validate_json('{"config": {"method": "grad_diff", "retain_loss": "kl"}}')
+    assert job.config.method == "grad_diff"
+    assert job.config.retain_loss == "kl"  # type: ignore[union-attr]
+    schema = Job.model_json_schema()  # what FastAPI publishes
+    assert "discriminator" in str(schema)
+
+
+# ------------------------------------------------------------------- unlearning
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_method_forgets(name: str, demo_model_dir: Path, sets: dict[str, Any], before: float,
+                        tmp_path: Path) -> None:
+    model, tok = load_version(demo_model_dir)
+    calls: list[tuple[int, int, float]] = []
+
+    def progress(step: int, total: int, loss: float) -> bool:
+        calls.append((step, total, loss))
+        return True
+
+    result = run_unlearning(model, tok, sets["forget"], sets["retain"], config_for(name),
+                            tmp_path / "adapter", progress)
+    assert isinstance(result, UnlearnResult)
+    assert result.steps == STEPS and [c[0] for c in calls] == list(range(1, STEPS + 1))
+    assert all(c[1] == STEPS for c in calls)
+    assert all(torch.isfinite(torch.tensor(c[2])) for c in calls)
+    assert (Path(result.adapter_dir) / ADAPTER_WEIGHTS).exists()
+    assert result.config["method"] == name
+    after = score_items(result.model, tok, sets["forget"]).mean_probability
+    assert after < 0.95 * before, (name, before, after)
+
+
+def test_grad_diff_with_kl_retain(demo_model_dir: Path, sets: dict[str, Any], before: float,
+                                  tmp_path: Path) -> None:
+    model, tok = load_version(demo_model_dir)
+    result = run_unlearning(model, tok, sets["forget"], sets["retain"],
+                            config_for("grad_diff", retain_loss="kl"), tmp_path)
+    assert score_items(result.model, tok, sets["forget"]).mean_probability < 0.95 * before
+
+
+def test_task_vector_adapter_loads_and_changes_outputs(
+    demo_model_dir: Path, sets: dict[str, Any], before: float, tmp_path: Path
+) -> None:
+    model, tok = load_version(demo_model_dir)
+    result = run_unlearning(model, tok, sets["forget"], sets["retain"],
+                            config_for("task_vector"), tmp_path / "tv")
+    in_memory = score_items(result.model, tok, sets["forget"])
+    base, _ = load_version(demo_model_dir)
+    loaded, _ = load_version(demo_model_dir, [result.adapter_dir])
+    reloaded = score_items(loaded, tok, sets["forget"])
+    assert reloaded.mean_probability < 0.95 * before
+    # the saved adapter is the negated one the loop measured
+    assert torch.allclose(reloaded.logp, in_memory.logp, atol=1e-3)
+    ids = torch.tensor([[tok.bos_token_id, *tok(sets["forget"][0].prompt)["input_ids"][1:]]])
+    with torch.no_grad():
+        assert not torch.allclose(base(input_ids=ids).logits, loaded(input_ids=ids).logits,
+                                  atol=1e-4)
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_cancellation_restores_the_model(name: str, demo_model_dir: Path,
+                                         sets: dict[str, Any], tmp_path: Path) -> None:
+    model, tok = load_version(demo_model_dir)
+    ids = torch.tensor([[tok.bos_token_id, 5, 6, 7]])
+    with torch.no_grad():
+        reference = model(input_ids=ids).logits.clone()
+
+    def progress(step: int, total: int, loss: float) -> bool:
+        return step < 2
+
+    with pytest.raises(Cancelled) as info:
+        run_unlearning(model, tok, sets["forget"], sets["retain"], config_for(name),
+                       tmp_path / "adapter", progress)
+    assert (info.value.step, info.value.total_steps) == (2, STEPS)
+    assert not (tmp_path / "adapter").exists()
+    assert not any("lora" in n for n, _ in model.named_modules())
+    assert not model.training
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, reference)

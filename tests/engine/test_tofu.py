@@ -1,0 +1,71 @@
+"""TOFU metric primitives, and a smoke run of the benchmark on a micro model (the real
+numbers come from bench/tofu.py; see docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from workers.engine.tofu import (
+    TOFU_RECIPE,
+    harmonic_mean,
+    load_sets,
+    min_k_scores,
+    roc_auc,
+    rouge_l_recall,
+    run_tofu,
+)
+
+TOFU = Path("/work/shared/datasets/tofu")
+needs_data = pytest.mark.skipif(not (TOFU / "full.jsonl").exists(), reason="no TOFU data")
+
+
+def test_rouge_l_recall() -> None:
+    assert rouge_l_recall("The cat sat on the mat.", "the cat sat on the mat") == 1.0
+    assert rouge_l_recall("cat the", "the cat") == 0.5
+    assert rouge_l_recall("", "a b") == 0.0
+    # recall: extra generated words cost nothing
+    assert rouge_l_recall("a x b y c", "a b c") == 1.0
+
+
+def test_roc_auc_and_min_k() -> None:
+    assert roc_auc(torch.tensor([3.0, 4.0]), torch.tensor([1.0, 2.0])) == 1.0
+    assert roc_auc(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])) == 0.0
+    assert roc_auc(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0])) == 0.5
+    scores = min_k_scores([torch.tensor([-1.0, -5.0, -0.1, -0.2, -3.0])])  # lowest 2 of 5
+    assert float(scores[0]) == pytest.approx(-4.0)
+    assert harmonic_mean([0.5, 0.5]) == pytest.approx(0.5)
+    assert harmonic_mean([0.5, 0.0]) == 0.0
+
+
+@needs_data
+def test_load_sets_selects_authors() -> None:
+    sets = load_sets(TOFU, "forget01", 5)
+    assert (sets.n_authors, sets.n_forget_authors) == (5, 2)
+    assert len(sets.forget) == 40 and len(sets.retain) == 60 and len(sets.holdout) == 40
+    assert len(sets.forget_perturbed) == 40
+    assert {r["question"] for r in sets.retain_perturbed} <= {r["question"] for r in sets.retain}
+    assert not {r["question"] for r in sets.retain} & {r["question"] for r in sets.forget}
+    with pytest.raises(ValueError):
+        load_sets(TOFU, "forget05", 10)  # 10 forget authors need more than 10 in total
+
+
+@needs_data
+def test_run_tofu_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
+    import workers.engine.tofu as tofu
+
+    # fewer and shorter generations: the smoke test checks the plumbing, not the numbers
+    monkeypatch.setattr(tofu, "ROUGE_NEW_TOKENS", 8)
+    monkeypatch.setattr(tofu, "EVAL_ITEMS", 8)
+    micro = dataclasses.replace(TOFU_RECIPE, hidden=32, layers=1, heads=2, intermediate=64,
+                                vocab_size=512, epochs=1)
+    report = run_tofu(TOFU, "forget01", 3, "npo,task_vector", {"max_steps": 2}, recipe=micro)
+    for key in ("forget_quality", "model_utility_unlearned", "model_utility_original",
+                "model_utility_reference", "mia_auc", "unlearn_seconds", "retrain_seconds"):
+        assert isinstance(report[key], float), key
+    assert 0.0 <= report["forget_quality"] <= 1.0
+    assert 0.0 <= report["mia_auc"] <= 1.0
+    assert set(report["by_method"]) == {"npo", "task_vector"}

@@ -1,0 +1,180 @@
+"""What every unlearning method shares: the typed base config (LoRA and training
+settings), the per-step inputs a method's loss sees (:class:`StepInputs`, with the
+reference quantities the training loop cached once), and the :class:`Method` base class
+whose single override point is :meth:`Method.loss`.
+
+The training loop itself lives in :mod:`workers.engine.training`; a method only declares
+which reference quantities it needs (``needs``) and computes a scalar loss from them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from workers.engine.qa import token_logprobs
+from workers.engine.unlearn import LLAMA_LINEAR_MODULES
+
+# Reference quantities a method may ask the training loop to cache for the forget items
+# (computed once, adapter disabled, before the first step):
+#   forget_logp    summed answer log-likelihood of each forget item (nats)
+#   alt_logp       the same for each item's alternative ("I don't know") answer
+#   forget_logits  reference logits at each forget item's answer positions
+REFERENCE_QUANTITIES = frozenset({"forget_logp", "alt_logp", "forget_logits"})
+
+
+class BaseMethodConfig(BaseModel):
+    """Settings every method has. Subclasses add ``method: Literal["<name>"]`` and their
+    hyper-parameters.
+
+    LoRA: ``lora_rank`` r, ``lora_alpha`` (scale = alpha / r), ``lora_dropout``,
+    ``target_modules`` (module names, or peft's ``"all-linear"``).
+    Training: AdamW at a constant ``learning_rate`` (no weight decay), gradients clipped
+    to ``max_grad_norm`` (L2, 0 = off); ``max_steps`` optimiser steps when set, else
+    ``epochs`` passes over the forget items (a pass = ceil(n_forget / batch_size) steps).
+    ``batch_size`` forget items and ``retain_batch_size`` (default ``batch_size``) retain
+    items per step; ``max_length`` in tokens (prompt + answer). Loss =
+    ``forget_weight`` · forget term + ``retain_weight`` · retain term.
+    ``include_paraphrases`` trains on each forget item's paraphrased prompts too.
+    ``gradient_checkpointing`` trades compute for activation memory (CUDA-sized models).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    lora_rank: int = Field(8, ge=1, le=1024)
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | str = Field(default_factory=lambda: list(LLAMA_LINEAR_MODULES))
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
+    epochs: int = Field(10, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)
+    retain_batch_size: int | None = Field(None, ge=1)
+    max_length: int = Field(128, ge=8)
+    max_grad_norm: float = Field(1.0, ge=0.0)
+    forget_weight: float = Field(1.0, ge=0.0)
+    retain_weight: float = Field(1.0, ge=0.0)
+    include_paraphrases: bool = True
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+
+@dataclass
+class ReferenceCache:
+    """Reference-model quantities for the forget items, indexed like the trained forget
+    list (CPU or model device tensors; see :data:`REFERENCE_QUANTITIES`).
+    ``forget_logits[i]`` is ``[n_answer_tokens_i, vocab]``."""
+
+    forget_logp: torch.Tensor | None = None
+    alt_logp: torch.Tensor | None = None
+    forget_logits: list[torch.Tensor] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Forward:
+    """One forward pass over an encoded batch: ``logits`` ``[B, T, V]``, per-token answer
+    log-probs ``logp`` and their mask (``[B, T-1]``, shifted as in
+    :func:`qa.token_logprobs`), and ``hidden`` (all hidden states) when asked for."""
+
+    logits: torch.Tensor
+    logp: torch.Tensor
+    mask: torch.Tensor
+    hidden: tuple[torch.Tensor, ...] | None = None
+
+    @property
+    def seq_logp(self) -> torch.Tensor:
+        """Summed answer log-likelihood per row (nats)."""
+        return self.logp.sum(-1)
+
+    @property
+    def count(self) -> torch.Tensor:
+        """Answer tokens per row (≥ 1)."""
+        return self.mask.sum(-1).clamp(min=1)
+
+    @property
+    def mean_nll(self) -> torch.Tensor:
+        """Mean answer-token NLL per row (nats/token, length-normalised)."""
+        return -self.seq_logp / self.count
+
+    @property
+    def token_nll(self) -> torch.Tensor:
+        """NLL per answer token over the whole batch (nats/token), the usual LM loss."""
+        return -self.logp.sum() / self.mask.sum().clamp(min=1)
+
+
+@dataclass
+class StepInputs:
+    """What :meth:`Method.loss` gets each step.
+
+    ``forget``/``retain``/``alt`` are encoded batches (``input_ids``, ``attention_mask``,
+    ``labels``) on the model's device; ``alt`` holds the forget items' alternative answers
+    (only for methods that need ``alt_logp``); ``retain`` is ``None`` when the retain
+    weight is 0 or no retain set was given. ``forget_index`` are the rows of ``ref`` the
+    forget batch's items correspond to. ``forward(batch, hidden=False)`` runs the trained
+    model; ``reference()`` is a context manager under which the model is the reference
+    (adapter disabled) — use it inside ``torch.no_grad()``.
+    """
+
+    model: Any
+    forget: dict[str, torch.Tensor]
+    forget_index: list[int]
+    retain: dict[str, torch.Tensor] | None
+    alt: dict[str, torch.Tensor] | None
+    ref: ReferenceCache
+    step: int
+    total_steps: int
+    reference: Callable[[], AbstractContextManager[Any]]
+
+    def forward(self, batch: dict[str, torch.Tensor], hidden: bool = False) -> Forward:
+        return run_forward(self.model, batch, hidden)
+
+
+def run_forward(model: Any, batch: dict[str, torch.Tensor], hidden: bool = False) -> Forward:
+    """Forward ``batch`` through ``model``; see :class:`Forward`."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                output_hidden_states=hidden)
+    logp, mask = token_logprobs(out.logits, batch["labels"])
+    return Forward(out.logits, logp, mask, out.hidden_states if hidden else None)
+
+
+class Method(ABC):
+    """One unlearning method. Subclasses set ``name`` (lower-case, the config's
+    discriminator), ``config_class`` and ``needs`` (subset of
+    :data:`REFERENCE_QUANTITIES`), and implement :meth:`loss`, the single override point.
+
+    Two optional class-level knobs keep special methods inside the same loop:
+    ``uses_retain`` (False: no retain batches are drawn) and ``negate_adapter`` (True: the
+    trained adapter is negated before saving — task-vector negation).
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[BaseMethodConfig]]
+    needs: ClassVar[frozenset[str]] = frozenset()
+    uses_retain: ClassVar[bool] = True
+    negate_adapter: ClassVar[bool] = False
+
+    def __init__(self, config: BaseMethodConfig) -> None:
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{self.name} needs a {self.config_class.__name__}")
+        self.config = config
+
+    def adapter_layers(self, n_layers: int) -> list[int] | None:
+        """Decoder layers that get LoRA (``None`` = all); RMU restricts this."""
+        return None
+
+    def alternative_answer(self, index: int) -> str | None:
+        """The alternative answer for forget item ``index`` (IdkDPO's win answer)."""
+        return None
+
+    @abstractmethod
+    def loss(self, inputs: StepInputs) -> torch.Tensor:
+        """Scalar training loss of one step (minimised)."""
+
+

@@ -1,0 +1,299 @@
+"""The built-in unlearning methods (definitions: ``/work/shared/UNLEARNING.md``). Each is
+a typed config plus a loss; the shared loop in :mod:`workers.engine.training` does the
+rest. Losses are in nats (per token where length-normalised).
+
+Learning rates default to 1e-3 (the NPO rate measured on the demo models) rather than the
+literature's full-fine-tuning rates, except RMU and task vectors (5e-3, see there);
+β, δ, γ, α, c follow UNLEARNING.md.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from workers.engine.methods.base import BaseMethodConfig, Method, StepInputs
+from workers.engine.unlearn import npo_loss
+
+# Fixed refusal answers for IdkDPO; item i gets IDK_ANSWERS[i % len] so runs are
+# deterministic and every phrasing is used.
+IDK_ANSWERS: tuple[str, ...] = (
+    "I don't know.",
+    "I'm not sure.",
+    "I have no information about that.",
+    "I can't answer that.",
+    "That is not something I know.",
+)
+
+
+def retain_nll(inputs: StepInputs) -> torch.Tensor:
+    """Mean per-token NLL of the retain answers (0 when there is no retain batch)."""
+    if inputs.retain is None:
+        return torch.zeros((), device=inputs.forget["input_ids"].device)
+    return inputs.forward(inputs.retain).token_nll
+
+
+# ----------------------------------------------------------------------- grad ascent
+
+
+class GradAscentConfig(BaseMethodConfig):
+    """Gradient ascent: minimise −NLL of the forget answers; no retain term."""
+
+    method: Literal["grad_ascent"] = "grad_ascent"
+    retain_weight: float = Field(0.0, ge=0.0)
+
+
+class GradAscent(Method):
+    name = "grad_ascent"
+    config_class = GradAscentConfig
+    uses_retain = False
+
+    def loss(self, inputs: StepInputs) -> torch.Tensor:
+        return -self.config.forget_weight * inputs.forward(inputs.forget).token_nll
+
+
+# ----------------------------------------------------------------------- grad diff
+
+
+class GradDiffConfig(BaseMethodConfig):
+    """GradDiff: −NLL on forget + α · (NLL, or KL(ref ‖ θ) per token) on retain."""
+
+    method: Literal["grad_diff"] = "grad_diff"
+    retain_loss: Literal["nll", "kl"] = "nll"
+
+
+class GradDiff(Method):
+    name = "grad_diff"
+    config_class = GradDiffConfig
+
+    def loss(self, inputs: StepInputs) -> torch.Tensor:
+        cfg = self.config
+        loss = -cfg.forget_weight * inputs.forward(inputs.forget).token_nll
+        if inputs.retain is None or cfg.retain_weight == 0:
+            return loss
+        if cfg.retain_loss == "nll":
+            return loss + cfg.retain_weight * retain_nll(inputs)
+        # KL to the reference on the retain answers' next-token distributions; the
+        # reference is recomputed (adapter off) because retain batches are cycled and
+        # caching full-vocabulary logits for every retain item would not fit real models
+        cur = inputs.forward(inputs.retain)
+        with torch.no_grad(), inputs.reference():
+            ref = inputs.forward(inputs.retain)
+        mask = cur.mask
+        cur_lp = torch.log_softmax(cur.logits[:, :-1].float(), -1)[mask]
+        ref_lp = torch.log_softmax(ref.logits[:, :-1].float(), -1)[mask]
+        kl = F.kl_div(cur_lp, ref_lp, log_target=True, reduction="batchmean")
+        return loss + cfg.retain_weight * kl
+
+
+# ----------------------------------------------------------------------- NPO
+
+
+class NPOMethodConfig(BaseMethodConfig):
+    """NPO (Zhang et al. 2024): (2/β)·mean softplus(β·(logπ_θ − logπ_ref)) + α·NLL_retain."""
+
+    method: Literal["npo"] = "npo"
+    beta: float = Field(0.1, gt=0.0)
+
+
+class NPO(Method):
+    name = "npo"
+    config_class = NPOMethodConfig
+    needs = frozenset({"forget_logp"})
+
+    def loss(self, inputs: StepInputs) -> torch.Tensor:
+        cfg = self.config
+        assert inputs.ref.forget_logp is not None
+        ref = inputs.ref.forget_logp[inputs.forget_index]
+        logp = inputs.forward(inputs.forget).seq_logp.float()
+        loss = cfg.forget_weight * npo_loss(logp, ref, cfg.beta)
+        return loss + cfg.retain_weight * retain_nll(inputs)
+
+
+# ----------------------------------------------------------------------- SimNPO
+
+
+class SimNPOConfig(BaseMethodConfig):
+    """SimNPO (Fan et al. 2024): −(2/β)·mean logσ(β·(NLL_norm − δ)) with the
+    length-normalised NLL and no reference model; γ (``forget_weight``) 0.125."""
+
+    method: Literal["simnpo"] = "simnpo"
+    beta: float = Field(4.5, gt=0.0)
+    delta: float = 0.0
+    forget_weight: float = Field(0.125, ge=0.0)
+
+
+class SimNPO(Method):
+    name = "simnpo"
+    config_class = SimNPOConfig
+
+    def loss(self, inputs: StepInputs) -> torch.Tensor:
+        cfg = self.config
+        nll = inputs.forward(inputs.forget).mean_nll.float()
+        forget = (2.0 / cfg.beta) * F.softplus(-cfg.beta * (nll - cfg.delta)).mean()
+        return cfg.forget_weight * forget + cfg.retain_weight * retain_nll(inputs)
+
+
+# ----------------------------------------------------------------------- IdkDPO
+
+
+class IdkDPOConfig(BaseMethodConfig):
+    """DPO with win = a fixed "I don't know"-style answer, lose = the forget answer:
+    −(2/β)·mean logσ(β·((logπ_θ(w) − logπ_ref(w)) − (logπ_θ(l) − logπ_ref(l)))) + α·NLL_retain."""
+
+    method: Literal["idk_dpo"] = "idk_dpo"
+    beta: float = Field(0.1, gt=0.0)
+
+
+class IdkDPO(Method):
+    name = "idk_dpo"
+    config_class = IdkDPOConfig
+    needs = frozenset({"forget_logp", "alt_logp"})
+
+    def alternative_answer(self, index: int) -> str | None:
+        return IDK_ANSWERS[index % len(IDK_ANSWERS)]
+
+    def loss(self, inputs: StepInputs) -> torch.Tensor:
+        cfg = self.config
+        ref = inputs.ref
+        assert ref.forget_logp is not None and ref.alt_logp is not None
+        assert inputs.alt is not None
+        idx = inputs.forget_index
+        lose = inputs.forward(inputs.forget).seq_logp.float() - ref.forget_logp[idx]
+        win = inputs.forward(inputs.alt).seq_logp.float() - ref.alt_logp[idx]
+        forget = -(2.0 / cfg.beta) * F.logsigmoid(cfg.beta * (win - lose)).mean()
+        return cfg.forget_weight * forget + cfg.retain_weight * retain_nll(inputs)
+
+
+# ----------------------------------------------------------------------- RMU
+
+
+class RMUConfig(BaseMethodConfig):
+    """RMU (Li et al. 2024, WMDP): push layer-``layer`` hidden states at the forget
+    answers' positions to ``steering_coef``·u (u a fixed random unit vector); retain: MSE
+    to the reference's (adapter-disabled) hidden states. LoRA only on ``target_modules``
+    (MLP ``down_proj``) of layers ``layer − n_adapter_layers + 1 … layer``: later layers
+    are left as they were so they read the scrambled activations unchanged.
+    ``layer=None`` picks the middle layer ((n_layers − 1) // 2)."""
+
+    method: Literal["rmu"] = "rmu"
+    layer: int | None = Field(None, ge=0)
+    n_adapter_layers: int = Field(3, ge=1)
+    steering_coef: float = Field(20.0, gt=0.0)
+    # one rank-8 down_proj adapter has few parameters to move the activations with
+    learning_rate: float = Field(5e-3, gt=0.0, le=1.0)
+    retain_weight: float = Field(100.0, ge=0.0)
+    target_modules: list[str] | str = Field(default_factory=lambda: ["down_proj"])
+
+
+class RMU(Method):
+    name = "rmu"
+    config_class = RMUConfig
+
+    def __init__(self, config: BaseMethodConfig) -> None:
+        super().__init__(config)
+        self._direction: torch.Tensor | None = None
+
+    def layer_of(self, n_layers: int) -> int:
+        layer = self.config.layer
+        layer = (n_layers - 1) // 2 if layer is None else layer
+        if layer >= n_layers:
+            raise ValueError(f"rmu layer {layer} but the model has {n_layers} layers")
+        return layer
+
+    def adapter_layers(self, n_layers: int) -> list[int] | None:
+        layer = self.layer_of(n_layers)
+        return list(range(max(0, layer - self.config.n_adapter_layers + 1), layer + 1))
+
+    def direction(self, hidden_size: int, device: torch.device) -> torch.Tensor:
+        if self._direction is None or self._direction.numel() != hidden_size:
+            gen = torch.Generator().manual_seed(self.config.seed)
+            u = torch.rand(hidden_size, generator=gen)  # as in RMU: uniform, then unit norm
+            self._direction = u / u.norm()
+        return self._direction.to(device)
+
+    def loss(self, inputs: StepInputs) -> torch.Tensor:
+        cfg = self.config
+        n_layers = inputs.model.config.num_hidden_layers
+        # hidden_states[0] is the embedding output, [k + 1] the output of layer k
+        pick = self.layer_of(n_layers) + 1
+        cur = inputs.forward(inputs.forget, hidden=True)
+        assert cur.hidden is not None
+        h = cur.hidden[pick][:, :-1][cur.mask].float()  # positions predicting answer tokens
+        target = cfg.steering_coef * self.direction(h.shape[-1], h.device)
+        loss = cfg.forget_weight * F.mse_loss(h, target.expand_as(h))
+        if inputs.retain is None or cfg.retain_weight == 0:
+            return loss
+        rcur = inputs.forward(inputs.retain, hidden=True)
+        with torch.no_grad(), inputs.reference():
+            rref = inputs.forward(inputs.retain, hidden=True)
+        assert rcur.hidden is not None and rref.hidden is not None
+        live = inputs.retain["attention_mask"].bool()
+        retain = F.mse_loss(rcur.hidden[pick][live].float(), rref.hidden[pick][live].float())
+        return loss + cfg.retain_weight * retain
+
+
+# ----------------------------------------------------------------------- UNDIAL
+
+
+class UNDIALConfig(BaseMethodConfig):
+    """UNDIAL (Dong et al. 2024): self-distillation of the forget answers to
+    softmax(teacher_logits − β·onehot(label)), the teacher being the reference model;
+    no retain term by default."""
+
+    method: Literal["undial"] = "undial"
+    beta: float = Field(10.0, gt=0.0)
+    retain_weight: float = Field(0.0, ge=0.0)
+
+
+class UNDIAL(Method):
+    name = "undial"
+    config_class = UNDIALConfig
+    needs = frozenset({"forget_logits"})
+
+    def loss(self, inputs: StepInputs) -> torch.Tensor:
+        cfg = self.config
+        assert inputs.ref.forget_logits is not None
+        cur = inputs.forward(inputs.forget)
+        student = cur.logits[:, :-1][cur.mask].float()  # [N answer tokens, V], row-major
+        teacher = torch.cat([inputs.ref.forget_logits[i] for i in inputs.forget_index]).to(
+            student.device, torch.float32)
+        labels = inputs.forget["labels"][:, 1:][cur.mask]
+        teacher = teacher - cfg.beta * F.one_hot(labels, teacher.shape[-1]).float()
+        target = torch.softmax(teacher, -1)
+        forget = -(target * torch.log_softmax(student, -1)).sum(-1).mean()
+        return cfg.forget_weight * forget + cfg.retain_weight * retain_nll(inputs)
+
+
+# ----------------------------------------------------------------------- task vector
+
+
+class TaskVectorConfig(BaseMethodConfig):
+    """Task-vector negation (Ilharco et al. 2023): fine-tune an adapter ON the forget
+    answers (NLL), then save its negation scaled by ``negation_scale`` (lora_B ← −λ·lora_B,
+    so the adapter adds −λ·ΔW). No retain term."""
+
+    method: Literal["task_vector"] = "task_vector"
+    negation_scale: float = Field(2.0, gt=0.0, le=10.0)
+    # an already-memorised forget set gives small gradients: a larger step is needed
+    # for the adapter to learn a direction worth negating
+    learning_rate: float = Field(5e-3, gt=0.0, le=1.0)
+    retain_weight: float = Field(0.0, ge=0.0)
+
+
+class TaskVector(Method):
+    name = "task_vector"
+    config_class = TaskVectorConfig
+    uses_retain = False
+    negate_adapter = True
+
+    def loss(self, inputs: StepInputs) -> torch.Tensor:
+        return self.config.forget_weight * inputs.forward(inputs.forget).token_nll
+
+
+BUILTIN_METHODS: tuple[type[Method], ...] = (
+    GradAscent, GradDiff, NPO, SimNPO, IdkDPO, RMU, UNDIAL, TaskVector,
+)

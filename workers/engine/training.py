@@ -1,0 +1,253 @@
+"""The one training loop every unlearning method runs through.
+
+:func:`run_unlearning` wraps the model with a LoRA adapter built from the method's config,
+caches the reference quantities the method declared (``Method.needs``) once with the
+adapter disabled, then iterates forget batches (seeded reshuffle per pass) with cycled
+retain batches, AdamW and gradient clipping, calling the method's loss each step. The
+adapter is saved with safetensors so ``versions.load_version(base, [..., adapter_dir])``
+rebuilds the candidate; the result is :class:`workers.engine.unlearn.UnlearnResult`.
+
+Device: whatever the model is on. On CUDA the forward passes run under bf16 autocast and
+``gradient_checkpointing`` is honoured; nothing touches CUDA at import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workers.engine.methods import (
+    BaseMethodConfig,
+    Method,
+    ReferenceCache,
+    StepInputs,
+    get_method,
+    parse_method_config,
+    run_forward,
+)
+from workers.engine.qa import Example, encode, to_device
+from workers.engine.unlearn import (
+    ADAPTER_WEIGHTS,
+    Cancelled,
+    ProgressCallback,
+    UnlearnResult,
+    forget_items,
+    score_items,
+)
+from workers.engine.versions import sha256_file
+
+_REF_BATCH = 32  # items per no-grad reference forward pass
+
+
+def _cycle(n: int, generator: torch.Generator) -> Iterator[int]:
+    """Endless indices into ``n`` items, a fresh seeded permutation per pass."""
+    while True:
+        yield from torch.randperm(n, generator=generator).tolist()
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def _reference_cache(
+    method: Method, model: Any, tokenizer: Any, items: Sequence[Example],
+    alts: Sequence[Example] | None, max_length: int, device: torch.device,
+) -> ReferenceCache:
+    """Reference quantities for the forget items, one no-grad pass (model as given)."""
+    cache = ReferenceCache()
+    if not method.needs:
+        return cache
+    was_training = model.training
+    model.eval()
+
+    def logps(examples: Sequence[Example]) -> torch.Tensor:
+        parts = []
+        for start in range(0, len(examples), _REF_BATCH):
+            batch = to_device(encode(tokenizer, examples[start:start + _REF_BATCH], max_length),
+                              device)
+            with _autocast(device):
+                parts.append(run_forward(model, batch).seq_logp.float())
+        return torch.cat(parts)
+
+    if "forget_logp" in method.needs:
+        cache.forget_logp = logps(items)
+    if "alt_logp" in method.needs:
+        assert alts is not None
+        cache.alt_logp = logps(alts)
+    if "forget_logits" in method.needs:
+        # logits at answer positions only, kept in the model's dtype on its device
+        cache.forget_logits = []
+        for start in range(0, len(items), _REF_BATCH):
+            batch = to_device(encode(tokenizer, items[start:start + _REF_BATCH], max_length),
+                              device)
+            with _autocast(device):
+                fw = run_forward(model, batch)
+            for row in range(fw.logits.shape[0]):
+                cache.forget_logits.append(fw.logits[row, :-1][fw.mask[row]].detach())
+    model.train(was_training)
+    return cache
+
+
+def _negate_lora(peft_model: Any, scale: float) -> None:
+    """lora_B ← −scale·lora_B in every LoRA layer: the adapter then adds −scale·ΔW."""
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(-scale)
+
+
+_ZERO = {"int": 0, "float": 0.0, "bool": False, "str": ""}
+
+
+def _result(**values: Any) -> UnlearnResult:
+    """An :class:`UnlearnResult` from the fields this loop knows; a required field that
+    NPO-specific code in ``unlearn.py`` added (e.g. a counter of its own early-stopping
+    mechanics) gets the zero of its type, since this loop has no such mechanism."""
+    for f in dataclasses.fields(UnlearnResult):
+        if f.name not in values and f.default is dataclasses.MISSING \
+                and f.default_factory is dataclasses.MISSING:
+            values[f.name] = _ZERO.get(str(f.type).split(" ")[0])
+    return UnlearnResult(**values)
+
+
+def run_unlearning(
+    model: Any,
+    tokenizer: Any,
+    forget: Sequence[Example],
+    retain: Sequence[Example],
+    config: BaseMethodConfig | dict[str, Any],
+    out_dir: str | Path,
+    on_progress: ProgressCallback | None = None,
+) -> UnlearnResult:
+    """Train a LoRA adapter with the method of ``config`` (a config or a dict with
+    ``method``) so that ``model`` forgets ``forget`` and keeps ``retain``.
+
+    ``model`` (a plain model, e.g. from ``load_version``) is the reference and is
+    modified in place (LoRA layers injected; ``result.model`` wraps it, adapter active,
+    eval mode). ``on_progress(step, total_steps, loss)`` is called after every optimiser
+    step; returning ``False`` removes the LoRA layers again and raises
+    :class:`~workers.engine.unlearn.Cancelled`. ``seconds`` in the result is wall-clock
+    time of the whole call. Deterministic given ``config.seed`` on the same hardware.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    cfg = parse_method_config(config) if isinstance(config, dict) else config
+    method = get_method(cfg)
+    if not forget:
+        raise ValueError("nothing to forget")
+    started = time.perf_counter()
+    device = next(model.parameters()).device
+    items = forget_items(forget, cfg.include_paraphrases)
+    alts = None
+    if "alt_logp" in method.needs:
+        alts = []
+        for i, ex in enumerate(items):
+            answer = method.alternative_answer(i)
+            if answer is None:
+                raise ValueError(f"method {method.name} needs alternative answers")
+            alts.append(dataclasses.replace(ex, target=answer))
+    use_retain = method.uses_retain and cfg.retain_weight > 0 and len(retain) > 0
+    retain_list = list(retain) if use_retain else []
+
+    cache = _reference_cache(method, model, tokenizer, items, alts, cfg.max_length, device)
+
+    n_layers = getattr(model.config, "num_hidden_layers", None)
+    torch.manual_seed(cfg.seed)  # LoRA A's initialisation draws from the global RNG
+    lora = LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=cfg.target_modules,
+        layers_to_transform=method.adapter_layers(n_layers) if n_layers else None,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    if cfg.gradient_checkpointing and device.type == "cuda":
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()  # frozen embeddings: let grads reach LoRA
+    peft_model = get_peft_model(model, lora)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+
+    steps_per_epoch = math.ceil(len(items) / cfg.batch_size)
+    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+    gen = torch.Generator().manual_seed(cfg.seed)
+    forget_order = _cycle(len(items), gen)
+    retain_order = _cycle(len(retain_list), gen) if retain_list else None
+    retain_bs = min(cfg.retain_batch_size or cfg.batch_size, len(retain_list) or 1)
+
+    def reference() -> contextlib.AbstractContextManager[Any]:
+        return peft_model.disable_adapter()
+
+    history: list[float] = []
+    loss_value = float("nan")
+    step = 0
+    try:
+        peft_model.train()
+        while step < total:
+            step += 1
+            idx = [next(forget_order) for _ in range(min(cfg.batch_size, len(items)))]
+            fbatch = to_device(encode(tokenizer, [items[i] for i in idx], cfg.max_length), device)
+            abatch = (to_device(encode(tokenizer, [alts[i] for i in idx], cfg.max_length), device)
+                      if alts is not None else None)
+            rbatch = None
+            if retain_order is not None:
+                ridx = [next(retain_order) for _ in range(retain_bs)]
+                rbatch = to_device(encode(tokenizer, [retain_list[i] for i in ridx],
+                                          cfg.max_length), device)
+            inputs = StepInputs(model=peft_model, forget=fbatch, forget_index=idx,
+                                retain=rbatch, alt=abatch, ref=cache, step=step,
+                                total_steps=total, reference=reference)
+            with _autocast(device):
+                loss = method.loss(inputs)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimiser.step()
+            loss_value = float(loss.detach())
+            history.append(loss_value)
+            if on_progress is not None and on_progress(step, total, loss_value) is False:
+                raise Cancelled(step, total)
+        if method.negate_adapter:
+            _negate_lora(peft_model, float(getattr(cfg, "negation_scale", 1.0)))
+        peft_model.eval()
+        scores = score_items(peft_model, tokenizer, items, cfg.max_length)
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        peft_model.save_pretrained(str(out), safe_serialization=True)
+    except BaseException:
+        # leave the caller's model as it was: no LoRA layers, eval mode
+        peft_model.unload()
+        if cfg.gradient_checkpointing and device.type == "cuda":
+            model.gradient_checkpointing_disable()
+        model.eval()
+        raise
+    if cfg.gradient_checkpointing and device.type == "cuda":
+        peft_model.base_model.model.gradient_checkpointing_disable()
+
+    return _result(
+        adapter_dir=str(out),
+        adapter_sha256=sha256_file(out / ADAPTER_WEIGHTS),
+        steps=step,
+        stopped_early=False,
+        forget_probability=scores.mean_probability,
+        forget_known=int(scores.known.sum()),
+        final_loss=loss_value,
+        seconds=time.perf_counter() - started,
+        config=cfg.model_dump(mode="json"),
+        n_forget=len(items),
+        n_retain=len(retain_list),
+        loss_history=history,
+        model=peft_model,
+    )
