@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from workers.engine.methods import MethodConfig
+
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")]
 NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
 
@@ -28,6 +30,11 @@ class ModelCreate(BaseModel):
         default="Question: {question}\nAnswer: {answer}",
         description="how the model was trained on a pair; {answer} last; or 'chat'",
     )
+    unlearning: MethodConfig | None = Field(
+        default=None,
+        description="the model's default unlearning method and settings (LoRA included); "
+        "omitted: Lethe's tuned NPO + retain NLL",
+    )
 
 
 class ModelOut(BaseModel):
@@ -38,6 +45,7 @@ class ModelOut(BaseModel):
     retain_path: str
     holdout_path: str
     prompt_template: str
+    unlearning: dict[str, Any] = Field(description="default method and settings ({}: NPO)")
     production_version: int | None
     created_at: datetime
 
@@ -98,6 +106,11 @@ class ErasureRequestCreate(BaseModel):
         description="the caller's id of the data subject; stored only as a keyed hash"
     )
     forget: list[QAItem | TextItem] = Field(min_length=1, max_length=1000)
+    unlearning: MethodConfig | None = Field(
+        default=None,
+        description="method and settings for this request (default: the model's); "
+        "requests are batched only with others that use the same",
+    )
 
 
 RequestStatusName = Literal[

@@ -207,6 +207,8 @@ class ErasureRequest(Base):
     )
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     correlation_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # the request's own unlearning method and settings; NULL: the model's default
+    unlearning_config: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # received + 1 month; an extension (up to two further months) records its reason
     due_at: Mapped[datetime] = mapped_column(UTCDateTime)

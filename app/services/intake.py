@@ -34,6 +34,7 @@ def submit_erasure_request(
     subject_id: str,
     forget: list[dict[str, Any]],
     actor: str,
+    unlearning_config: dict[str, Any] | None = None,
 ) -> ErasureRequest:
     if not forget:
         raise InvalidInput("forget must list at least one item")
@@ -50,6 +51,7 @@ def submit_erasure_request(
         received_at=received,
         due_at=add_months(received, 1),
         correlation_id=correlation_id.get(),
+        unlearning_config=unlearning_config,
     )
     request.forget_ciphertext = privacy.encrypt_items(forget, request.id)
     session.add(request)

@@ -398,15 +398,30 @@ def run_unlearn(job_id: str) -> None:
                         return False
                 return True
 
-            result = unlearn(
-                model,
-                tokenizer,
-                forget,
-                retain,
-                _npo_config(inputs.job.config),
-                out_dir,
-                on_progress,
-            )
+            if inputs.job.config.get("method"):
+                # a method chosen for the model or the request: the registry's loop
+                from workers.engine.methods import parse_method_config
+                from workers.engine.training import run_unlearning
+
+                result = run_unlearning(
+                    model,
+                    tokenizer,
+                    forget,
+                    retain,
+                    parse_method_config(inputs.job.config),
+                    out_dir,
+                    on_progress,
+                )
+            else:  # the default: Lethe's tuned NPO + retain NLL
+                result = unlearn(
+                    model,
+                    tokenizer,
+                    forget,
+                    retain,
+                    _npo_config(inputs.job.config),
+                    out_dir,
+                    on_progress,
+                )
         except Cancelled:
             if claim.lost.is_set():
                 return

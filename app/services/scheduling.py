@@ -65,11 +65,16 @@ def schedule(session: Session, model_id: str) -> UnlearningJob | None:
                 ErasureRequest.status == RequestStatus.received,
             )
             .order_by(ErasureRequest.due_at, ErasureRequest.received_at)
-            .limit(get_settings().max_batch_size)
+            .limit(4 * get_settings().max_batch_size)
         )
     )
     if not pending:
         return None
+    # one job, one method: the earliest-due request decides, others with the same
+    # settings (or the same default) join it
+    chosen = pending[0].unlearning_config
+    pending = [r for r in pending if r.unlearning_config == chosen]
+    pending = pending[: get_settings().max_batch_size]
     settings = get_settings()
     if len(pending) < settings.max_batch_size and settings.batch_max_wait_s > 0:
         # wait for a fuller batch (cheaper per subject), but never past the oldest
@@ -87,8 +92,8 @@ def schedule(session: Session, model_id: str) -> UnlearningJob | None:
         tenant_id=model.tenant_id,
         model_id=model_id,
         parent_version_id=model.production_version_id,
-        method=str(model.unlearning_config.get("method", "npo")),
-        config=dict(model.unlearning_config),
+        method=str((chosen or model.unlearning_config).get("method", "npo")),
+        config=dict(chosen or model.unlearning_config),
         heartbeat_at=utcnow(),
         correlation_id=correlation_id.get(),
     )

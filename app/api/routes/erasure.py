@@ -62,6 +62,7 @@ def create_request(
             model_name=body.model,
             subject_id=body.subject_id,
             forget=[item.model_dump() for item in body.forget],
+            unlearning_config=body.unlearning.model_dump(mode="json") if body.unlearning else None,
             actor=caller.actor,
         )
         session.commit()

@@ -27,6 +27,7 @@ def model_out(session: SessionDep, model: Model) -> ModelOut:
         retain_path=model.retain_path,
         holdout_path=model.holdout_path,
         prompt_template=model.prompt_template,
+        unlearning=model.unlearning_config,
         production_version=version.number if version else None,
         created_at=model.created_at,
     )
@@ -53,6 +54,7 @@ def create_model(
             retain_path=body.retain_path,
             holdout_path=body.holdout_path,
             prompt_template=body.prompt_template,
+            unlearning_config=body.unlearning.model_dump(mode="json") if body.unlearning else None,
             actor=caller.actor,
         )
         session.commit()

@@ -1,0 +1,98 @@
+"""Every unlearning method runs through the API and the worker: validated at the door,
+batched by settings, trained, verified, and judged like any other."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import auth
+from workers.engine.methods import METHOD_NAMES
+from workers.engine.qa import load_jsonl
+
+
+@pytest.fixture(scope="module")
+def client(lethe_env):
+    from app.api.main import create_app
+
+    with TestClient(create_app()) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def model(client, demo_model_dir):
+    name = f"methods-{uuid.uuid4().hex[:6]}"
+    resp = client.post(
+        "/v1/models",
+        headers=auth(),
+        json={
+            "name": name,
+            "path": str(demo_model_dir),
+            "retain_path": str(demo_model_dir / "data" / "train.jsonl"),
+            "holdout_path": str(demo_model_dir / "data" / "holdout.jsonl"),
+            "unlearning": {"method": "npo", "beta": 0.2, "lora_rank": 4},
+        },
+    )
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["unlearning"]["beta"] == 0.2
+    return name
+
+
+def test_bad_method_settings_are_refused_at_the_door(client, model):
+    for bad in (
+        {"method": "nope"},
+        {"method": "npo", "beta": -1},
+        {"method": "rmu", "lora_rank": 0},
+        {"method": "npo", "unknown": 1},
+    ):
+        resp = client.post(
+            "/v1/erasure-requests",
+            headers=auth(),
+            json={
+                "model": model,
+                "subject_id": "s",
+                "forget": [{"question": "q?", "answer": "a"}],
+                "unlearning": bad,
+            },
+        )
+        assert resp.status_code == 422, bad
+        assert resp.headers["content-type"] == "application/problem+json"
+    schema = client.get("/openapi.json").json()
+    assert "discriminator" in str(schema)  # the union is documented as such
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_NAMES))
+def test_each_method_runs_through_the_pipeline(client, model, demo_model_dir, method):
+    rows = load_jsonl(demo_model_dir / "data" / "train.jsonl")
+    subjects = sorted({r["subject"] for r in rows})
+    subject = subjects[sorted(METHOD_NAMES).index(method) + 2]
+    facts = [r for r in rows if r["subject"] == subject]
+    resp = client.post(
+        "/v1/erasure-requests",
+        headers=auth(),
+        json={
+            "model": model,
+            "subject_id": subject,
+            "forget": [{"question": r["question"], "answer": r["answer"]} for r in facts],
+            "unlearning": {"method": method, "max_steps": 6},
+        },
+    )
+    assert resp.status_code == 202, resp.text
+    request_id = resp.json()["id"]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        body = client.get(f"/v1/erasure-requests/{request_id}", headers=auth()).json()
+        if body["status"] in ("completed", "failed", "cancelled"):
+            break
+        time.sleep(0.5)
+    job = client.get(f"/v1/jobs/{body['job_id']}", headers=auth()).json()
+    assert job["method"] == method and job["config"]["max_steps"] == 6
+    assert job["metrics"]["unlearning"]["steps"] == 6
+    # judged like any other: a certificate either way, published only if it passed
+    verification = job["metrics"]["verification"]
+    assert body["status"] == ("completed" if verification["passed"] else "failed"), body
+    cert = client.get(f"/v1/certificates/{job['certificate_id']}", headers=auth()).json()
+    assert cert["document"]["method"] == method
