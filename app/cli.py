@@ -19,6 +19,8 @@ cli.add_typer(demo_model_cli, name="demo-model")
 admin_cli = typer.Typer(no_args_is_help=True, help="Tenants and API keys.")
 audit_cli = typer.Typer(no_args_is_help=True, help="The audit log.")
 jobs_cli = typer.Typer(no_args_is_help=True, help="Operate on unlearning jobs.")
+bench_cli = typer.Typer(no_args_is_help=True, help="Benchmarks.")
+cli.add_typer(bench_cli, name="bench")
 cli.add_typer(jobs_cli, name="jobs")
 cli.add_typer(certificate_cli, name="certificate")
 cli.add_typer(admin_cli, name="admin")
@@ -359,6 +361,25 @@ def _job_action(job_id: str, action: str) -> None:
         typer.echo(f"error: {exc.detail}", err=True)
         raise typer.Exit(1) from exc
     dispatch.flush_outbox()
+
+
+@bench_cli.command("tofu")
+def bench_tofu(
+    data: Annotated[Path, typer.Option(help="directory of the TOFU JSON Lines files")],
+    split: Annotated[str, typer.Option(help="forget01, forget05 or forget10")] = "forget01",
+    authors: Annotated[int, typer.Option(help="authors of `full` to train on (CPU: few)")] = 10,
+    method: Annotated[str, typer.Option(help="method name(s), comma-separated")] = "npo",
+    json_output: Annotated[bool, typer.Option("--json", help="one JSON object last")] = False,
+) -> None:
+    """TOFU: train an original and a retrained reference model, unlearn the forget split
+    through the workers' engine, report forget quality, utility, MIA and wall times."""
+    if split not in ("forget01", "forget05", "forget10"):
+        raise typer.BadParameter("forget01, forget05 or forget10", param_hint="--split")
+    from workers.engine.tofu import bench_tofu as run
+
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    run(data, split=split, authors=authors,
+        method=methods if len(methods) > 1 else methods[0], json_out=json_output)
 
 
 @jobs_cli.command("inspect")
