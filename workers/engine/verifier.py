@@ -1,0 +1,424 @@
+"""Verifier v2: the full check a candidate must pass before a version is published with a
+"forgotten" certificate (DESIGN.md, "Verification"). Strict by construction: every rule
+must hold, missing evidence (an empty set, a NaN) is a failure, never a pass.
+
+    before = measure_full(parent, tok, forget, retain, holdout, general, policy)
+    after = measure_full(candidate, tok, forget, retain, holdout, general, policy)
+    attack = relearn_attack((before probs...), candidate, tok, forget, ...)
+    verdict = judge_full(before, after, attack, policy)
+
+or simply ``verify_candidate(parent, candidate, tok, forget, retain, holdout, policy)``.
+
+Rules (all on the candidate; "holdout level" = the candidate's score on never-seen people,
+measured with the same probes, so the bar is what the model would say about a stranger):
+
+* forgetting — on the forget items, their paraphrased prompts, and probes the verifier
+  derives itself (:func:`derived_probes`): accuracy, mean probability, ROUGE-L recall and
+  extraction strength ≤ holdout level + margin;
+* over-unlearning — forget mean probability ≥ ``forget_probability_floor_ratio`` ×
+  holdout probability (an erased person must not stand out as *less* likely than a
+  stranger, which leaks that they were erased);
+* privacy — MIA ROC AUC (LOSS, zlib, Min-K%, Min-K%++) of forget vs holdout within
+  [``mia_auc_min``, ``mia_auc_max``];
+* utility — retain (and general, when given) accuracy ≥ ratio × parent's, and utility
+  (harmonic mean of probability and ROUGE-L) ≥ ratio × parent's;
+* robustness — relearning recovery ≤ ``relearn_recovery_max``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from workers.engine.attacks import RelearnConfig, RelearnResult, relearn_attack, split_by_fact
+from workers.engine.metrics import (
+    MIA_SCORES,
+    ItemScore,
+    json_safe,
+    mia_aucs,
+    set_metrics,
+    utility,
+)
+from workers.engine.qa import Example
+from workers.engine.verify import paraphrased
+
+POLICY_VERSION = "2.0"
+# Evaluation subsets are drawn with this seed so parent and candidate see the same items.
+SUBSET_SEED = 0
+
+# Forget-side sets and the holdout set that is their never-seen baseline.
+PROBE_SETS: tuple[tuple[str, str], ...] = (
+    ("forget", "holdout"),
+    ("forget_paraphrased", "holdout_paraphrased"),
+    ("forget_derived", "holdout_derived"),
+)
+
+
+@dataclass
+class VerifierPolicy:
+    """Thresholds of the full verifier; plain JSON via :meth:`to_dict` / :meth:`from_dict`.
+
+    Margins are absolute, on [0, 1] quantities, against the candidate's holdout level:
+    ``forget_accuracy_margin`` (share of greedy answers correct), ``forget_probability_margin``
+    (mean per-token probability of the answer; strangers score ~0.15–0.3 on the demo
+    models from generic tokens, a remembered fact 0.9+), ``forget_rouge_margin`` (ROUGE-L
+    recall of greedy answers), ``forget_extraction_margin`` (extraction strength).
+
+    ``forget_probability_floor_ratio``: forget probability must be at least this share of
+    the holdout probability (over-unlearning). ``mia_auc_min``/``mia_auc_max``: each MIA
+    AUC must lie in this band (0.5 ideal).
+
+    ``retain_accuracy_ratio``/``retain_utility_ratio`` (and ``general_*``): candidate ≥
+    ratio × parent. ``relearn_recovery_max``: the share of the parent's probability (on
+    the attack's evaluation half) that may come back; ``relearn_steps``/``relearn_lr``
+    configure the attack (full fine-tuning of a copy, see ``attacks.RelearnConfig``).
+
+    ``max_*_items`` cap each set (seeded sample, same items before and after); ``None`` =
+    all; ``max_probe_items`` caps the holdout's paraphrase and derived-probe baselines
+    (the forget side's probes are never capped). Forget items are not capped by default.
+    """
+
+    version: str = POLICY_VERSION
+    forget_accuracy_margin: float = 0.10
+    forget_probability_margin: float = 0.05
+    forget_rouge_margin: float = 0.10
+    forget_extraction_margin: float = 0.10
+    check_paraphrases: bool = True
+    check_derived_probes: bool = True
+    forget_probability_floor_ratio: float = 0.02
+    mia_auc_min: float = 0.05
+    mia_auc_max: float = 0.75
+    retain_accuracy_ratio: float = 0.90
+    retain_utility_ratio: float = 0.85
+    general_accuracy_ratio: float = 0.90
+    general_utility_ratio: float = 0.85
+    relearn: bool = True
+    relearn_recovery_max: float = 0.5
+    relearn_steps: int = 10
+    relearn_lr: float = 1e-3
+    max_forget_items: int | None = None
+    max_retain_items: int | None = 100
+    max_holdout_items: int | None = 200
+    max_general_items: int | None = 100
+    max_probe_items: int | None = 48
+    batch_size: int = 32
+    max_length: int = 128
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VerifierPolicy:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            # a typo in a threshold must not silently fall back to the default
+            raise ValueError(f"unknown policy fields: {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class FullVerdict:
+    """``passed`` iff ``reasons`` is empty. ``metrics``: ``{"before": measurement or None,
+    "after": measurement, "relearn": attack or None}``; ``thresholds`` the numbers each
+    rule compared against; ``reasons`` one sentence per failed rule; ``policy`` the policy
+    used. :meth:`to_dict` is strict JSON (NaN → null)."""
+
+    passed: bool
+    metrics: dict[str, Any]
+    thresholds: dict[str, float]
+    reasons: list[str] = field(default_factory=list)
+    policy: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json_safe(dataclasses.asdict(self))
+
+
+def _subset(examples: Sequence[Example], max_items: int | None) -> list[Example]:
+    if max_items is None or len(examples) <= max_items:
+        return list(examples)
+    keep = sorted(random.Random(SUBSET_SEED).sample(range(len(examples)), max_items))
+    return [examples[i] for i in keep]
+
+
+def derived_probes(examples: Sequence[Example], tokenizer: Any) -> list[Example]:
+    """Probes the erasure request did not phrase, derived from each item (deduplicated):
+
+    * answer-prefix completion: the prompt plus the first third (at least one) of the
+      answer's tokens; scored on the rest — a model that still holds the fact completes
+      it once started, even if it no longer starts it (answers of < 2 tokens: skipped);
+    * bare question: the question text alone (no prompt scaffolding) followed by the
+      answer — the fact asked outside the trained format;
+    * subject completion: "<subject>: " followed by the answer — the fact as a
+      free-text association with the person's name.
+
+    Apply the same derivation to the holdout so the bar is the never-seen level of the
+    same probe kind."""
+    out: dict[tuple[str, str], Example] = {}
+
+    def add(prompt: str, target: str, ex: Example) -> None:
+        if target.strip():
+            out.setdefault((prompt, target), Example(prompt=prompt, target=target,
+                                                     subject=ex.subject, question=ex.question))
+
+    for ex in examples:
+        ids = tokenizer(ex.target, add_special_tokens=False)["input_ids"]
+        if len(ids) >= 2:
+            cut = max(1, len(ids) // 3)
+            head = tokenizer.decode(ids[:cut])
+            if ex.target.startswith(head):
+                add(ex.prompt + head, ex.target[len(head):], ex)
+        if ex.question:
+            add(ex.question.strip() + " ", ex.target, ex)
+        if ex.subject:
+            add(f"{ex.subject}: ", ex.target, ex)
+    return list(out.values())
+
+
+def measure_full(
+    model: Any,
+    tokenizer: Any,
+    forget: Sequence[Example],
+    retain: Sequence[Example],
+    holdout: Sequence[Example],
+    general: Sequence[Example] | None = None,
+    policy: VerifierPolicy | None = None,
+) -> dict[str, Any]:
+    """Scores of ``model`` on every set the rules need, plain JSON-able dict:
+    ``{"sets": {name: metrics.aggregate(...)}, "mia_auc": {score: auc},
+    "relearn_eval": [probability, known share] of the relearning evaluation half,
+    "seconds": wall clock}``. Sets: forget, holdout, retain, (general), and with the
+    policy's probe checks forget/holdout_paraphrased and forget/holdout_derived."""
+    pol = policy or VerifierPolicy()
+    started = time.perf_counter()
+    f_items = _subset(forget, pol.max_forget_items)
+    h_items = _subset(holdout, pol.max_holdout_items)
+    named: dict[str, list[Example]] = {"forget": f_items, "holdout": h_items,
+                                       "retain": _subset(retain, pol.max_retain_items)}
+    if general:
+        named["general"] = _subset(general, pol.max_general_items)
+    if pol.check_paraphrases:
+        named["forget_paraphrased"] = paraphrased(f_items)
+        named["holdout_paraphrased"] = _subset(paraphrased(h_items), pol.max_probe_items)
+    if pol.check_derived_probes:
+        named["forget_derived"] = derived_probes(f_items, tokenizer)
+        named["holdout_derived"] = _subset(derived_probes(h_items, tokenizer),
+                                           pol.max_probe_items)
+    sets: dict[str, Any] = {}
+    per_item: dict[str, list[ItemScore]] = {}
+    for name, items in named.items():
+        sets[name], per_item[name] = set_metrics(model, tokenizer, items, pol.batch_size,
+                                                 pol.max_length)
+        sets[name]["utility"] = utility(sets[name]) if items else float("nan")
+    _, evaluate = split_by_fact(f_items)
+    ev = [s for s, ex in zip(per_item["forget"], f_items, strict=True) if ex in evaluate]
+    relearn_eval = [
+        sum(s.probability for s in ev) / len(ev) if ev else float("nan"),
+        sum(1.0 for s in ev if s.extraction_strength >= 1.0) / len(ev) if ev else float("nan"),
+    ]
+    return json_safe({
+        "sets": sets,
+        "mia_auc": mia_aucs(per_item["forget"], per_item["holdout"]),
+        "relearn_eval": relearn_eval,
+        "seconds": time.perf_counter() - started,
+    })
+
+
+def _num(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def judge_full(
+    before: dict[str, Any] | None,
+    after: dict[str, Any],
+    candidate_relearn: RelearnResult | dict[str, Any] | None,
+    policy: VerifierPolicy | None = None,
+) -> FullVerdict:
+    """Apply ``policy`` to the parent's (``before``; ``None`` = audit without a parent, the
+    parent-relative utility rules are then reported as not checked) and the candidate's
+    (``after``) :func:`measure_full` results and the relearning attack's result
+    (``None`` fails when ``policy.relearn``). Any NaN/missing number fails its rule."""
+    pol = policy or VerifierPolicy()
+    reasons: list[str] = []
+    th: dict[str, float] = {}
+    sets = after["sets"]
+
+    def fails(value: float, limit: float, above: bool) -> bool:
+        # NaN on either side is missing evidence: fail, never pass
+        if math.isnan(value) or math.isnan(limit):
+            return True
+        return value > limit if above else value < limit
+
+    if not sets.get("forget", {}).get("n"):
+        reasons.append("the forget set is empty: nothing was verified")
+    if not sets.get("holdout", {}).get("n"):
+        reasons.append("the holdout set is empty: there is no never-seen baseline")
+
+    margins = {"accuracy": pol.forget_accuracy_margin,
+               "probability": pol.forget_probability_margin,
+               "rouge_l": pol.forget_rouge_margin,
+               "extraction_strength": pol.forget_extraction_margin}
+    checks = {"forget": True, "forget_paraphrased": pol.check_paraphrases,
+              "forget_derived": pol.check_derived_probes}
+    for name, base in PROBE_SETS:
+        if not checks[name] or name not in sets:
+            continue
+        got, ref = sets[name], sets.get(base, {})
+        if not got.get("n"):
+            continue  # e.g. no paraphrases supplied: nothing to probe (forget itself is checked)
+        for key, margin in margins.items():
+            limit = _num(ref.get(key)) + margin
+            value = _num(got.get(key))
+            th[f"{name}_{key}_max"] = limit
+            if fails(value, limit, above=True):
+                reasons.append(
+                    f"{name} {key} {value:.3f} is above the never-seen level "
+                    f"({base} {_num(ref.get(key)):.3f} + {margin:.2f} = {limit:.3f}): "
+                    "the model still knows the erased facts")
+
+    floor = pol.forget_probability_floor_ratio * _num(sets.get("holdout", {}).get("probability"))
+    th["forget_probability_min"] = floor
+    fprob = _num(sets.get("forget", {}).get("probability"))
+    if fails(fprob, floor, above=False):
+        reasons.append(
+            f"forget probability {fprob:.4f} is below {pol.forget_probability_floor_ratio:.2f} × "
+            f"the holdout probability = {floor:.4f}: over-unlearned, the erased person stands "
+            "out as less likely than a stranger")
+
+    th["mia_auc_min"], th["mia_auc_max"] = pol.mia_auc_min, pol.mia_auc_max
+    for score in MIA_SCORES:
+        auc = _num(after.get("mia_auc", {}).get(score))
+        if fails(auc, pol.mia_auc_max, above=True):
+            reasons.append(f"MIA {score} AUC {auc:.3f} is above {pol.mia_auc_max:.2f}: "
+                           "the forget set is still recognisable as trained-on")
+        elif fails(auc, pol.mia_auc_min, above=False):
+            reasons.append(f"MIA {score} AUC {auc:.3f} is below {pol.mia_auc_min:.2f}: "
+                           "over-unlearned, the forget set stands out the other way")
+
+    if before is not None:
+        for name, acc_ratio, util_ratio in (
+            ("retain", pol.retain_accuracy_ratio, pol.retain_utility_ratio),
+            ("general", pol.general_accuracy_ratio, pol.general_utility_ratio),
+        ):
+            if name not in before["sets"] and name not in sets:
+                continue
+            b, a = before["sets"].get(name, {}), sets.get(name, {})
+            for key, ratio in (("accuracy", acc_ratio), ("utility", util_ratio)):
+                limit = ratio * _num(b.get(key))
+                value = _num(a.get(key))
+                th[f"{name}_{key}_min"] = limit
+                if fails(value, limit, above=False):
+                    reasons.append(
+                        f"{name} {key} {value:.3f} is below {ratio:.2f} × the parent's "
+                        f"{_num(b.get(key)):.3f} = {limit:.3f}: unlearning damaged other "
+                        "knowledge")
+
+    relearn_dict: dict[str, Any] | None = None
+    if pol.relearn:
+        th["relearn_recovery_max"] = pol.relearn_recovery_max
+        if candidate_relearn is None:
+            reasons.append("no relearning attack was run: robustness unverified")
+        else:
+            relearn_dict = (candidate_relearn.to_dict()
+                            if isinstance(candidate_relearn, RelearnResult)
+                            else dict(candidate_relearn))
+            rec = _num(relearn_dict.get("recovery"))
+            if math.isnan(rec):
+                # the candidate never lowered the evaluation half: nothing to recover,
+                # and the forgetting rules above already fail such a candidate
+                rec = 1.0
+            if rec > pol.relearn_recovery_max:
+                reasons.append(
+                    f"relearning recovery {rec:.3f} is above {pol.relearn_recovery_max:.2f}: "
+                    f"{relearn_dict.get('config', {}).get('steps')} fine-tuning steps on half "
+                    "the erased facts bring the other half back")
+
+    return FullVerdict(
+        passed=not reasons,
+        metrics={"before": before, "after": after, "relearn": relearn_dict},
+        thresholds=th,
+        reasons=reasons,
+        policy=pol.to_dict(),
+    )
+
+
+def run_relearn(
+    before: dict[str, Any] | None,
+    candidate: Any,
+    tokenizer: Any,
+    forget: Sequence[Example],
+    policy: VerifierPolicy,
+) -> RelearnResult | None:
+    """The policy's relearning attack on ``candidate``, with the parent level taken from
+    ``before`` (``None`` → 1.0, a trained fact's level). ``None`` when the forget set has
+    fewer than two distinct facts (the attack has nothing to hold out); the verdict then
+    fails on "no relearning attack" unless the policy turns the attack off."""
+    items = _subset(forget, policy.max_forget_items)
+    if len({ex.target for ex in items}) < 2:
+        return None
+    parent = None
+    if before is not None:
+        prob, known = before["relearn_eval"]
+        parent = (_num(prob), _num(known))
+    return relearn_attack(parent, candidate, tokenizer, items,
+                          RelearnConfig(steps=policy.relearn_steps,
+                                        learning_rate=policy.relearn_lr,
+                                        max_length=policy.max_length))
+
+
+def verify_candidate(
+    parent_model: Any,
+    candidate_model: Any,
+    tokenizer: Any,
+    forget: Sequence[Example],
+    retain: Sequence[Example],
+    holdout: Sequence[Example],
+    policy: VerifierPolicy | None = None,
+    general: Sequence[Example] | None = None,
+    before: dict[str, Any] | None = None,
+) -> FullVerdict:
+    """Measure the parent (unless ``before`` is given) and the candidate, run the
+    relearning attack on a copy of the candidate, and judge."""
+    pol = policy or VerifierPolicy()
+    if before is None:
+        before = measure_full(parent_model, tokenizer, forget, retain, holdout, general, pol)
+    after = measure_full(candidate_model, tokenizer, forget, retain, holdout, general, pol)
+    attack = run_relearn(before, candidate_model, tokenizer, forget, pol) if pol.relearn else None
+    return judge_full(before, after, attack, pol)
+
+
+# Escalation: how far a retry may push each knob, so retries cannot run away.
+ESCALATION_LIMITS: dict[str, float] = {
+    "epochs": 120, "learning_rate": 5e-3, "forget_weight": 4.0, "max_steps": 400,
+}
+
+
+def stronger(config: dict[str, Any], attempt: int) -> dict[str, Any]:
+    """Unlearning settings (an ``NPOConfig.to_dict()``-style dict) for retry ``attempt``
+    (1, 2, ...): epochs ×2, learning rate ×1.5 and forget weight ×1.5 per attempt,
+    ``max_steps`` ×2 when set, each capped by :data:`ESCALATION_LIMITS`; early stopping is
+    kept so a person forgotten quickly does not pay the larger budget. ``attempt`` ≤ 0
+    returns an unchanged copy. Attempts beyond 3 saturate at attempt 3's settings.
+
+    Only for verdicts that failed because the model still knows (forget/probe/MIA-above
+    reasons); a verdict that failed for over-unlearning or utility needs a WEAKER run,
+    and escalating it would make things worse."""
+    out = copy.deepcopy(config)
+    n = max(0, min(int(attempt), 3))
+    if n == 0:
+        return out
+    if "epochs" in out and out["epochs"] is not None:
+        out["epochs"] = int(min(out["epochs"] * 2**n, ESCALATION_LIMITS["epochs"]))
+    if out.get("max_steps") is not None:
+        out["max_steps"] = int(min(out["max_steps"] * 2**n, ESCALATION_LIMITS["max_steps"]))
+    lr = out.get("learning_rate", 1e-3)
+    out["learning_rate"] = float(min(lr * 1.5**n, ESCALATION_LIMITS["learning_rate"]))
+    fw = out.get("forget_weight", 1.0)
+    out["forget_weight"] = float(min(fw * 1.5**n, ESCALATION_LIMITS["forget_weight"]))
+    return out
