@@ -110,6 +110,10 @@ def worker(
     per GPU. On `webhooks`: concurrent deliveries in threads."""
     if queue not in ("gpu", "webhooks"):
         raise typer.BadParameter("queue must be gpu or webhooks", param_hint="--queue")
+    import os
+
+    os.environ["LETHE_DB_NULL_POOL"] = "true"  # before any engine exists in this process
+    get_settings.cache_clear()
     settings = get_settings()
     if settings.embedded_broker:
         typer.echo(
@@ -378,8 +382,13 @@ def bench_tofu(
     from workers.engine.tofu import bench_tofu as run
 
     methods = [m.strip() for m in method.split(",") if m.strip()]
-    run(data, split=split, authors=authors,
-        method=methods if len(methods) > 1 else methods[0], json_out=json_output)
+    run(
+        data,
+        split=split,
+        authors=authors,
+        method=methods if len(methods) > 1 else methods[0],
+        json_out=json_output,
+    )
 
 
 @jobs_cli.command("inspect")

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(
         default=0, description="Prometheus port of `lethe worker` (0: none)"
     )
+    db_null_pool: bool = Field(
+        default=False, description="no connection pool (set by `lethe worker`, which forks)"
+    )
     json_logs: bool = Field(default=True, description="one JSON object per log line")
     max_body_bytes: int = Field(default=1_048_576, description="413 above this")
     rate_limit: str = Field(default="1200/minute", description="per API key (limits syntax)")
