@@ -367,6 +367,18 @@ def _job_action(job_id: str, action: str) -> None:
     dispatch.flush_outbox()
 
 
+@cli.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def verify(ctx: typer.Context) -> None:
+    """Audit any model with Lethe's verifier: --model DIR [--adapter DIR] --forget FILE
+    --retain FILE --holdout FILE [--json] [--policy FILE]. Exit 0 passed, 1 failed."""
+    from workers.engine.standalone import main as audit
+
+    raise typer.Exit(audit(list(ctx.args)))
+
+
 @bench_cli.command("tofu")
 def bench_tofu(
     data: Annotated[Path, typer.Option(help="directory of the TOFU JSON Lines files")],

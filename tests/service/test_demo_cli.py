@@ -53,3 +53,35 @@ def test_demo_json_erases_one_person_and_prints_a_valid_certificate(demo_model_d
         text=True,
     )
     assert check.returncode == 1
+
+
+def test_lethe_verify_audits_a_model_that_still_remembers(demo_model_dir, tmp_path):
+    from workers.engine.qa import load_jsonl, write_jsonl
+
+    rows = load_jsonl(demo_model_dir / "data" / "train.jsonl")
+    person = rows[0]["subject"]
+    forget = tmp_path / "forget.jsonl"
+    write_jsonl(forget, [r for r in rows if r["subject"] == person])
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "verify",
+            "--model",
+            str(demo_model_dir),
+            "--forget",
+            str(forget),
+            "--retain",
+            str(demo_model_dir / "data" / "train.jsonl"),
+            "--holdout",
+            str(demo_model_dir / "data" / "holdout.jsonl"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 1, run.stderr[-2000:]  # the base model still knows the person
+    verdict = json.loads(run.stdout[run.stdout.index("{") :])
+    assert verdict["passed"] is False and verdict["reasons"]
