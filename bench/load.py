@@ -46,8 +46,9 @@ def drive(
     total: int,
     concurrency: int,
     max_seconds: float,
-    out: multiprocessing.Queue,
-) -> None:  # type: ignore[type-arg]
+    out: multiprocessing.Queue,  # type: ignore[type-arg]
+    tag: str,
+) -> None:
     """The load generator, in its own process: ``total`` POSTs, ``concurrency`` at once."""
 
     async def main() -> None:
@@ -67,7 +68,7 @@ def drive(
                         return
                     body = {
                         "model": model,
-                        "subject_id": f"subject-{i}",
+                        "subject_id": f"subject-{tag}-{i}",
                         "forget": [
                             {"question": f"Where does subject {i} live?", "answer": f"Town {i}"}
                         ],
@@ -172,13 +173,15 @@ def main() -> None:
         resp.raise_for_status()
         # warm-up, not measured
         queue: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
-        warm = multiprocessing.Process(target=drive, args=(base, "bench", 200, 8, 30, queue))
+        warm = multiprocessing.Process(
+            target=drive, args=(base, "bench", 200, 8, 30, queue, "warm")
+        )
         warm.start()
         warm_result = queue.get()
         warm.join()
         gen = multiprocessing.Process(
             target=drive,
-            args=(base, "bench", args.requests, args.concurrency, args.max_seconds, queue),
+            args=(base, "bench", args.requests, args.concurrency, args.max_seconds, queue, "run"),
         )
         gen.start()
         result = queue.get()
@@ -201,6 +204,8 @@ def main() -> None:
         "max_ms": round(result["max_ms"], 1),
         "sent": result["sent"],
         "status_codes": result["codes"],
+        "accepted": len(ids),
+        "stored": len(stored_ids),
         "accepted_stored_exactly_once": sorted(ids) == sorted(stored_ids)
         and len(set(row[1] for row in stored)) == len(stored),
         "concurrency": args.concurrency,
