@@ -102,5 +102,16 @@ def lethe_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         _drop_database(base, created)
 
 
+class RecordingTransport:
+    """Stands in for the broker where a test drives the state machine by hand: tasks are
+    recorded, never run."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    def send(self, task: str, job_id: str) -> None:
+        self.sent.append((task, job_id))
+
+
 def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN_KEY}"}

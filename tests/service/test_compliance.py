@@ -23,15 +23,7 @@ from app.db.base import utcnow
 from app.db.models import ApiKey, AuditEvent, Certificate, ErasureRequest, UnlearningJob
 from app.db.session import get_engine, session_scope
 from app.services import audit, dispatch, privacy, ratelimit
-from tests.conftest import auth
-
-
-class RecordingTransport:
-    def __init__(self):
-        self.sent = []
-
-    def send(self, task, job_id):
-        self.sent.append((task, job_id))
+from tests.conftest import RecordingTransport, auth
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from app.services import dispatch
-from tests.conftest import auth
-
-
-class NullTransport:
-    def send(self, task, job_id):
-        pass
+from tests.conftest import RecordingTransport, auth
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +16,7 @@ def api_schema(lethe_env):
     from app.api.main import create_app
 
     saved = dispatch._transport
-    dispatch._transport = NullTransport()  # fuzzed requests never start real jobs
+    dispatch._transport = RecordingTransport()  # fuzzed requests never start real jobs
     yield schemathesis.openapi.from_asgi("/openapi.json", create_app())
     dispatch._transport = saved
 

@@ -13,12 +13,7 @@ from app.db.models import ErasureRequest, UnlearningJob
 from app.db.session import session_scope
 from app.observability import JsonFormatter, correlation_id
 from app.services import dispatch
-from tests.conftest import auth
-
-
-class NullTransport:
-    def send(self, task, job_id):
-        pass
+from tests.conftest import RecordingTransport, auth
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +21,7 @@ def client(lethe_env):
     from app.api.main import create_app
 
     saved = dispatch._transport
-    dispatch._transport = NullTransport()
+    dispatch._transport = RecordingTransport()
     with TestClient(create_app()) as c:
         yield c
     dispatch._transport = saved

@@ -16,12 +16,7 @@ from app.db.base import utcnow
 from app.db.models import ErasureRequest, OutboxMessage, UnlearningJob
 from app.db.session import session_scope
 from app.services import dispatch, operations
-from tests.conftest import auth
-
-
-class NullTransport:
-    def send(self, task, job_id):
-        pass
+from tests.conftest import RecordingTransport, auth
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +24,7 @@ def client(lethe_env):
     from app.api.main import create_app
 
     saved = dispatch._transport
-    dispatch._transport = NullTransport()
+    dispatch._transport = RecordingTransport()
     with TestClient(create_app()) as c:
         yield c
     dispatch._transport = saved

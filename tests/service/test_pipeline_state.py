@@ -23,14 +23,7 @@ from app.db.models import (
 )
 from app.db.session import get_engine, session_scope
 from app.services import dispatch, intake, jobs, privacy, recovery, registry, scheduling
-
-
-class RecordingTransport:
-    def __init__(self):
-        self.sent = []
-
-    def send(self, task, job_id):
-        self.sent.append((task, job_id))
+from tests.conftest import RecordingTransport
 
 
 @pytest.fixture(autouse=True)

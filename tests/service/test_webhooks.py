@@ -18,7 +18,7 @@ from app.db.base import utcnow
 from app.db.models import WebhookDelivery
 from app.db.session import session_scope
 from app.services import dispatch, webhooks
-from tests.conftest import auth
+from tests.conftest import RecordingTransport, auth
 
 
 class Receiver:
@@ -42,11 +42,6 @@ class Receiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-class RecordingTransport:
-    def send(self, task, job_id):
-        pass
 
 
 @pytest.fixture(scope="module")
