@@ -235,6 +235,17 @@ def _story(r: dict) -> None:  # type: ignore[type-arg]
         f"  Everyone else's facts answered: {pct(r['retain_accuracy_before'])} before, "
         f"{pct(r['retain_accuracy_after'])} after"
     )
+    mia = r.get("mia_auc") or {}
+    if mia:
+        typer.echo(
+            "  Membership inference AUC (0.5 = indistinguishable from never-seen people): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in mia.items() if v is not None)
+        )
+    if r.get("relearn_recovery") is not None:
+        recovery = r["relearn_recovery"]
+        typer.echo(f"  Relearning attack brought back {recovery:.0%} of what was erased")
+    if (r.get("attempts") or 0) > 1:
+        typer.echo(f"  {r['attempts']} unlearning attempts: a failed verification escalates")
     cert = r["certificate"]
     if cert.get("id"):
         verdict = "PASSED" if cert["passed"] else "FAILED"

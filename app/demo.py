@@ -128,7 +128,8 @@ def run_demo(
         job = session.get(UnlearningJob, req.job_id)
         assert job is not None
         cert = session.get(Certificate, job.certificate_id) if job.certificate_id else None
-        metrics = job.metrics.get("verification", {}).get("metrics", {})
+        verification = job.metrics.get("verification", {})
+        metrics = verification.get("metrics", {})
         error = req.error
     envelope = None
     certificate: dict[str, Any] = {"passed": False}
@@ -167,6 +168,9 @@ def run_demo(
         "retain_accuracy_after": metric("retain", "after"),
         "holdout_accuracy": metric("holdout", "after"),
         "holdout_probability": metric("holdout", "after", "mean_probability"),
+        "mia_auc": (verification.get("mia_auc") or {}).get("after"),
+        "relearn_recovery": (verification.get("relearn") or {}).get("recovery"),
+        "attempts": len(job.metrics.get("attempts") or []) or None,
         "unlearning_seconds": job.metrics.get("unlearning", {}).get("seconds"),
         "verification_seconds": job.metrics.get("verification_seconds"),
         "seconds": round(time.perf_counter() - started, 2),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,3 +116,37 @@ class RecordingTransport:
 
 def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def model_body(model_dir: Path, name: str, **extra: object) -> dict[str, object]:
+    """The registration body of the demo model in ``model_dir`` (its own corpora)."""
+    return {
+        "name": name,
+        "path": str(model_dir),
+        "retain_path": str(model_dir / "data" / "train.jsonl"),
+        "holdout_path": str(model_dir / "data" / "holdout.jsonl"),
+        **extra,
+    }
+
+
+def register_model(client: object, model_dir: Path, prefix: str = "m",
+                   headers: dict[str, str] | None = None, **extra: object) -> str:
+    """Register the demo model under a fresh name ``<prefix>-<hex>``; returns the name."""
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    resp = client.post("/v1/models", headers=headers or auth(),  # type: ignore[attr-defined]
+                       json=model_body(model_dir, name, **extra))
+    assert resp.status_code == 201, resp.text
+    return name
+
+
+def wait_for_request(client: object, request_id: str, headers: dict[str, str] | None = None,
+                     timeout: float = 300) -> dict[str, object]:
+    """Poll an erasure request until it is completed, failed or cancelled (or time runs
+    out); returns its last representation."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body: dict[str, object] = client.get(  # type: ignore[attr-defined]
+            f"/v1/erasure-requests/{request_id}", headers=headers or auth()).json()
+        if body["status"] in ("completed", "failed", "cancelled") or time.monotonic() > deadline:
+            return body
+        time.sleep(0.5)

@@ -35,6 +35,30 @@ class ModelCreate(BaseModel):
         description="the model's default unlearning method and settings (LoRA included); "
         "omitted: Lethe's tuned NPO + retain NLL",
     )
+    verification_policy: dict[str, Any] | None = Field(
+        default=None,
+        description="overrides of the verifier's default thresholds (see GET "
+        "/v1/models/{name}/policy for every field); stored as policy revision 1",
+    )
+
+
+class PolicyOut(BaseModel):
+    revision: int = Field(description="0: the built-in defaults (no revision stored)")
+    policy: dict[str, Any] = Field(description="every threshold, defaults filled in")
+    created_by: str
+    created_at: datetime | None
+
+
+class PolicyPage(BaseModel):
+    items: list[PolicyOut]
+
+
+class PolicyUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    policy: dict[str, Any] = Field(
+        description="thresholds to change; the others keep their current values"
+    )
 
 
 class ModelOut(BaseModel):
@@ -46,6 +70,7 @@ class ModelOut(BaseModel):
     holdout_path: str
     prompt_template: str
     unlearning: dict[str, Any] = Field(description="default method and settings ({}: NPO)")
+    verification_policy: PolicyOut = Field(description="the policy in force")
     production_version: int | None
     created_at: datetime
 

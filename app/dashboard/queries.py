@@ -239,8 +239,8 @@ def verification_rows(verification: dict[str, Any] | None) -> list[dict[str, Any
     metrics = (verification or {}).get("metrics") or {}
     rows = []
     for name, m in metrics.items():
-        if not isinstance(m, dict) or not isinstance(m.get("before"), dict):
-            continue
+        if not isinstance(m, dict) or not isinstance(m.get("before") or m.get("after"), dict):
+            continue  # a set measured on neither model (the parent skips never-seen sets)
         before, after = m.get("before") or {}, m.get("after") or {}
         rows.append(
             {

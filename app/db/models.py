@@ -111,6 +111,23 @@ class Model(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class PolicyRevision(Base):
+    """One revision of a model's verification policy (the full policy, defaults filled
+    in, so a later change of Lethe's defaults never changes what a model is judged by).
+    Revisions are only ever added; the model's current policy is its highest revision."""
+
+    __tablename__ = "policy_revisions"
+    __table_args__ = (UniqueConstraint("model_id", "revision"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(String(36), ForeignKey("tenants.id"), index=True)
+    model_id: Mapped[str] = mapped_column(String(36), ForeignKey("models.id"), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    policy: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class ModelVersion(Base):
     __tablename__ = "model_versions"
     __table_args__ = (UniqueConstraint("model_id", "number"),)

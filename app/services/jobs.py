@@ -10,6 +10,7 @@ releases the claim and re-enqueues the stage (see :mod:`app.services.recovery`).
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import threading
@@ -36,7 +37,7 @@ from app.db.models import (
 )
 from app.db.session import session_scope
 from app.observability import STAGE_SECONDS, correlation_id
-from app.services import audit, dispatch, privacy, scheduling, versions
+from app.services import audit, dispatch, privacy, registry, scheduling, versions
 from app.settings import get_settings
 
 log = logging.getLogger("lethe.jobs")
@@ -221,14 +222,46 @@ def _inputs(job_id: str) -> JobInputs:
     return JobInputs(model, parent, job, rows, digests, subjects)
 
 
-def _examples(inputs: JobInputs) -> tuple[list[Any], list[Any], list[Any]]:
-    """Forget, retain and holdout examples. Retain = the model's retain corpus less
-    everything erased from the model so far, this batch included: the same item (by
-    digest, or the same question or text) or the same data subject (by keyed hash).
+@dataclass
+class JobSets:
+    """The examples of one job. ``forget`` is this batch (what is trained on); ``replay``
+    the items of earlier erasures the corpus still holds, verified but not trained on:
+    the parent already has them at a stranger's level, and pushing them further would
+    make those people stand out the other way. ``retain`` trains the retain term;
+    ``retain_check`` (one
+    retain item in :data:`RETAIN_CHECK_EVERY`, by a stable hash of its question) is kept
+    out of training so verification's utility rules measure knowledge the unlearning did
+    not explicitly protect."""
 
-    Items erased by earlier jobs that the corpus still holds are replayed into the forget
-    set: unlearning a new subject must not bring an earlier one back, and verification
-    then checks that it did not."""
+    forget: list[Any]
+    retain: list[Any]
+    holdout: list[Any]
+    retain_check: list[Any]
+    replay: list[Any]
+
+    @property
+    def verify_forget(self) -> list[Any]:
+        """What verification checks is forgotten: this batch and every earlier erasure
+        the corpus still holds (a new adapter must not bring anyone back)."""
+        return self.forget + self.replay
+
+
+RETAIN_CHECK_EVERY = 5
+
+
+def _is_check_item(row: dict[str, Any]) -> bool:
+    key = str(row.get("question") or row.get("text") or "")
+    return hashlib.sha256(key.encode()).digest()[0] % RETAIN_CHECK_EVERY == 0
+
+
+def _examples(inputs: JobInputs) -> JobSets:
+    """Forget, retain (training and check parts) and holdout examples. Retain = the
+    model's retain corpus less everything erased from the model so far, this batch
+    included: the same item (by digest, or the same question or text) or the same data
+    subject (by keyed hash).
+
+    Items erased by earlier jobs that the corpus still holds are replayed into
+    verification: unlearning a new subject must not bring an earlier one back."""
     from workers.engine.qa import PromptTemplate, examples_from_rows, load_jsonl
 
     template = PromptTemplate(inputs.model.prompt_template)
@@ -257,17 +290,24 @@ def _examples(inputs: JobInputs) -> tuple[list[Any], list[Any], list[Any]]:
         for r in corpus
         if not still_kept(r) and r.get("question") is not None and r["question"] not in erased
     ]
-    forget = forget + examples_from_rows(replay, template)
-    retain = examples_from_rows(retain_rows, template)
-    holdout = examples_from_rows(load_jsonl(inputs.model.holdout_path), template)
-    return forget, retain, holdout
+    check = [r for r in retain_rows if _is_check_item(r)]
+    train = [r for r in retain_rows if not _is_check_item(r)]
+    return JobSets(
+        forget=forget,
+        retain=examples_from_rows(train, template),
+        holdout=examples_from_rows(load_jsonl(inputs.model.holdout_path), template),
+        retain_check=examples_from_rows(check, template),
+        replay=examples_from_rows(replay, template),
+    )
 
 
-def _npo_config(config: dict[str, Any]) -> Any:
-    from workers.engine.unlearn import NPOConfig
-
-    known = set(NPOConfig.__dataclass_fields__)
-    return NPOConfig(**{k: v for k, v in config.items() if k in known})
+def attempt_config(job: UnlearningJob) -> dict[str, Any]:
+    """The method settings of the job's next unlearning attempt: the requested ones
+    (``npo`` when none was named), or the escalated ones a failed verification left."""
+    retry = (job.metrics or {}).get("retry_config")
+    if retry:
+        return dict(retry)
+    return {"method": job.method or "npo", **job.config}
 
 
 DB_ERRORS = (OperationalError, InterfaceError)
@@ -357,13 +397,16 @@ def run_unlearn(job_id: str) -> None:
     claim = _claim(job_id, (JobStatus.queued, JobStatus.unlearning), JobStatus.unlearning)
     if claim is None:
         return
-    from workers.engine.unlearn import Cancelled, unlearn
+    from workers.engine.methods import parse_method_config
+    from workers.engine.training import run_unlearning
+    from workers.engine.unlearn import Cancelled
 
     settings = get_settings()
     with claim:
         try:
             inputs = _inputs(job_id)
-            forget, retain, _ = _examples(inputs)
+            sets = _examples(inputs)
+            config = parse_method_config(attempt_config(inputs.job))
             model, tokenizer = versions.load(inputs.model, inputs.parent)
             # a long chain is merged into a checkpoint now, while the parent is loaded
             versions.compact_if_long(inputs.model, inputs.parent, model, tokenizer)
@@ -398,30 +441,16 @@ def run_unlearn(job_id: str) -> None:
                         return False
                 return True
 
-            if inputs.job.config.get("method"):
-                # a method chosen for the model or the request: the registry's loop
-                from workers.engine.methods import parse_method_config
-                from workers.engine.training import run_unlearning
-
-                result = run_unlearning(
-                    model,
-                    tokenizer,
-                    forget,
-                    retain,
-                    parse_method_config(inputs.job.config),
-                    out_dir,
-                    on_progress,
-                )
-            else:  # the default: Lethe's tuned NPO + retain NLL
-                result = unlearn(
-                    model,
-                    tokenizer,
-                    forget,
-                    retain,
-                    _npo_config(inputs.job.config),
-                    out_dir,
-                    on_progress,
-                )
+            result = run_unlearning(
+                model,
+                tokenizer,
+                sets.forget,
+                sets.retain,
+                config,
+                out_dir,
+                on_progress,
+                holdout=sets.holdout,
+            )
         except Cancelled:
             if claim.lost.is_set():
                 return
@@ -459,7 +488,7 @@ def run_unlearn(job_id: str) -> None:
                     step=result.steps,
                     total_steps=result.steps,
                     loss=result.final_loss,
-                    metrics={"unlearning": json_safe(summary)},
+                    metrics={**inputs.job.metrics, "unlearning": json_safe(summary)},
                 )
                 dispatch.enqueue(session, "verify", job_id)
 
@@ -470,16 +499,40 @@ def run_unlearn(job_id: str) -> None:
     dispatch.flush_outbox()
 
 
+def _attempt_summary(job: UnlearningJob, evidence: dict[str, Any]) -> dict[str, Any]:
+    """One entry of ``metrics["attempts"]``: what was tried and what the verifier found."""
+    unlearning = (job.metrics or {}).get("unlearning") or {}
+    return {
+        "attempt": len((job.metrics or {}).get("attempts") or []) + 1,
+        "method": job.method,
+        "config": unlearning.get("config") or attempt_config(job),
+        "adapter_sha256": job.adapter_sha256,
+        "unlearning": unlearning,
+        "verification": evidence,
+        "passed": evidence["passed"],
+        "reasons": evidence["reasons"],
+    }
+
+
 @stage("verify")
 def run_verify(job_id: str) -> None:
-    """Stage 2: measure parent and candidate, judge, sign the certificate; on pass
-    enqueue publish, on failure fail the job with its evidence."""
+    """Stage 2: measure parent and candidate with the full verifier under the model's
+    policy (relearning attack included), then: pass → sign the certificate and enqueue
+    publish; fail with escalations left → record the attempt and unlearn again with
+    stronger or gentler settings; fail otherwise → sign a failed certificate and fail
+    the job with every attempt's evidence."""
     claim = _claim(job_id, (JobStatus.verifying,), JobStatus.verifying)
     if claim is None:
         return
     from workers.engine import certificates
     from workers.engine.unlearn import ADAPTER_WEIGHTS
-    from workers.engine.verify import judge, measure
+    from workers.engine.verifier import (
+        VerifierPolicy,
+        judge_full,
+        measure_full,
+        next_attempt,
+        run_relearn,
+    )
     from workers.engine.versions import load_version, sha256_file
 
     settings = get_settings()
@@ -495,18 +548,69 @@ def run_verify(job_id: str) -> None:
                     f"adapter on disk ({on_disk}) is not the one trained ({job.adapter_sha256})",
                 )
                 return
-            forget, retain, holdout = _examples(inputs)
+            with session_scope() as session:
+                model_row = session.get(Model, inputs.model.id)
+                assert model_row is not None
+                rev = registry.current_policy(session, model_row)
+                policy_revision, policy_dict = rev.revision, dict(rev.policy)
+            policy = VerifierPolicy.from_dict(policy_dict)
+            sets = _examples(inputs)
+            started = time.perf_counter()
             weights = versions.weights_of(inputs.model, inputs.parent)
             chain = list(inputs.parent.adapter_chain)
-            parent_model, tokenizer = load_version(weights, chain, device=settings.device)
-            before = measure(parent_model, tokenizer, forget, retain, holdout)
-            del parent_model
+            cached = (job.metrics or {}).get("parent_measurement") or {}
+            if cached.get("policy_revision") == policy_revision and cached.get("measurement"):
+                before = cached["measurement"]  # an earlier attempt measured the same parent
+            else:
+                parent_model, tokenizer = load_version(weights, chain, device=settings.device)
+                before = measure_full(parent_model, tokenizer, sets.verify_forget,
+                                      sets.retain_check, sets.holdout, None, policy,
+                                      parent=True, attacked=sets.forget)
+                del parent_model
             # the candidate exactly as it will be published, from the files on disk
             candidate, tokenizer = load_version(
                 weights, [*chain, job.adapter_path], device=settings.device
             )
-            after = measure(candidate, tokenizer, forget, retain, holdout)
-            verdict = judge(before, after)
+            after = measure_full(candidate, tokenizer, sets.verify_forget, sets.retain_check,
+                                 sets.holdout, None, policy)
+            attack = (run_relearn(before, candidate, tokenizer, sets.forget, policy)
+                      if policy.relearn else None)
+            # the attack targets this batch: earlier erasures were forgotten by the parent
+            # already, so "how much comes back relative to the parent" is not defined for
+            # them; the forgetting rules above check that they stay forgotten
+            verdict = judge_full(before, after, attack, policy)
+            del candidate
+            evidence = verdict.evidence()
+            evidence["policy_revision"] = policy_revision
+            seconds = time.perf_counter() - started
+            this_attempt = _attempt_summary(job, evidence)
+            attempts = [*((job.metrics or {}).get("attempts") or []), this_attempt]
+            base_config = {"method": job.method or "npo", **job.config}
+            retry = next_attempt(verdict, base_config, len(attempts), policy)
+
+            def escalate(direction: str, config: dict[str, Any]) -> None:
+                with session_scope() as session:
+                    cancelled = session.scalar(
+                        select(UnlearningJob.cancel_requested).where(UnlearningJob.id == job_id)
+                    )
+                    if cancelled:
+                        raise _CancelledWhileVerifying
+                    metrics = {
+                        **job.metrics,
+                        "attempts": attempts,
+                        "retry_config": config,
+                        "parent_measurement": {"policy_revision": policy_revision,
+                                               "measurement": before},
+                        "verification": evidence,
+                        "verification_seconds": seconds,
+                    }
+                    _transition(session, claim, JobStatus.queued, metrics=metrics,
+                                adapter_path=None, adapter_sha256=None, step=0, loss=None,
+                                eta_seconds=None)
+                    audit.record(session, job.tenant_id, "job.escalated", "unlearning_job",
+                                 job_id, attempt=len(attempts) + 1, direction=direction,
+                                 failures=verdict.failures)
+                    dispatch.enqueue(session, "unlearn", job_id)
 
             def record_verdict() -> None:
                 with session_scope() as session:
@@ -549,9 +653,19 @@ def run_verify(job_id: str) -> None:
                             }
                             for r in requests
                         ],
-                        "metrics": json_safe(verdict.metrics),
-                        "thresholds": verdict.thresholds,
-                        "policy": verdict.policy,
+                        "verifier": evidence["verifier"],
+                        "metrics": evidence["metrics"],
+                        "mia_auc": evidence["mia_auc"],
+                        "relearn": evidence["relearn"],
+                        "thresholds": evidence["thresholds"],
+                        "policy": evidence["policy"],
+                        "policy_revision": policy_revision,
+                        # every attempt this job made, the failed ones included
+                        "attempts": [
+                            {k: a.get(k) for k in ("attempt", "method", "config",
+                                                   "adapter_sha256", "passed", "reasons")}
+                            for a in attempts
+                        ],
                         "verdict": "passed" if verdict.passed else "failed",
                         "reasons": verdict.reasons,
                         "passed": verdict.passed,
@@ -581,9 +695,12 @@ def run_verify(job_id: str) -> None:
                     )
                     metrics = {
                         **job.metrics,
-                        "verification": json_safe(verdict.to_dict()),
-                        "verification_seconds": before.seconds + after.seconds,
+                        "attempts": attempts,
+                        "verification": evidence,
+                        "verification_seconds": seconds,
                     }
+                    metrics.pop("retry_config", None)
+                    metrics.pop("parent_measurement", None)
                     cancelled = session.scalar(
                         select(UnlearningJob.cancel_requested).where(UnlearningJob.id == job_id)
                     )
@@ -610,25 +727,33 @@ def run_verify(job_id: str) -> None:
                         )
                         dispatch.enqueue(session, "publish", job_id)
                     else:
+                        tries = f" after {len(attempts)} attempts" if len(attempts) > 1 else ""
+                        why = "; ".join(verdict.reasons)
                         _transition(
                             session,
                             claim,
                             JobStatus.failed,
                             certificate_id=cert.id,
                             metrics=metrics,
-                            error="; ".join(verdict.reasons),
+                            error=f"verification failed{tries}: {why}",
                             finished_at=utcnow(),
                         )
                         _set_requests(
                             session,
                             job_id,
                             RequestStatus.failed,
-                            error="verification failed: " + "; ".join(verdict.reasons),
+                            error=f"verification failed{tries}: {why}",
                             certificate_id=cert.id,
                         )
                         scheduling.schedule(session, inputs.model.id)
 
-            _db_retry(record_verdict, f"verdict of job {job_id}")
+            if retry is not None:
+                try:
+                    _db_retry(lambda: escalate(*retry), f"escalating job {job_id}")
+                except _CancelledWhileVerifying:
+                    _db_retry(record_verdict, f"verdict of job {job_id}")
+            else:
+                _db_retry(record_verdict, f"verdict of job {job_id}")
         except ClaimLost:
             return
         except DB_ERRORS:
@@ -638,6 +763,10 @@ def run_verify(job_id: str) -> None:
             _fail_claimed(claim, f"verification failed: {type(exc).__name__}: {exc}")
             return
     dispatch.flush_outbox()
+
+
+class _CancelledWhileVerifying(Exception):  # noqa: N818 - a state
+    """Cancel was asked while a failed attempt was being judged: no retry."""
 
 
 def _chain_digests(session: Session, version: ModelVersion) -> list[str]:

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.models import Model, ModelVersion
+from app.db.models import Model, ModelVersion, PolicyRevision
 from app.services import audit
 from app.services.errors import Conflict, InvalidInput, NotFound
 
@@ -43,15 +43,18 @@ def register_model(
     holdout_path: str,
     prompt_template: str,
     unlearning_config: dict[str, Any] | None = None,
+    verification_policy: dict[str, Any] | None = None,
     actor: str,
 ) -> Model:
     """Register a Hugging Face causal-LM directory; its base weights become version 1,
-    the ``production`` version."""
+    the ``production`` version. ``verification_policy`` (overrides of the verifier's
+    defaults) becomes policy revision 1."""
     from workers.engine.qa import validate_template
     from workers.engine.versions import model_fingerprint
 
     if session.scalar(select(Model.id).where(Model.tenant_id == tenant_id, Model.name == name)):
         raise Conflict(f"a model named {name!r} already exists")
+    full_policy(verification_policy or {})  # a bad threshold fails before anything is stored
     base = Path(path)
     if not (base / "config.json").is_file():
         raise InvalidInput(f"{path!r} is not a Hugging Face model directory (no config.json)")
@@ -82,6 +85,7 @@ def register_model(
     session.flush()
     model.production_version_id = version.id
     audit.record(session, tenant_id, "model.registered", "model", model.id, actor, name=name)
+    set_policy(session, model, verification_policy or {}, actor)
     audit.record(
         session,
         tenant_id,
@@ -117,3 +121,65 @@ def production_version(session: Session, model: Model) -> ModelVersion:
     if version is None:
         raise NotFound(f"model {model.name!r} has no production version")
     return version
+
+
+def full_policy(overrides: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``base`` (default: the verifier's defaults) with ``overrides`` applied, checked:
+    :class:`InvalidInput` names the bad field."""
+    from workers.engine.verifier import VerifierPolicy
+
+    try:
+        return VerifierPolicy.from_dict({**(base or {}), **overrides}).to_dict()
+    except ValueError as exc:
+        raise InvalidInput(f"verification_policy: {exc}") from exc
+
+
+def _latest_policy(session: Session, model: Model, lock: bool = False) -> PolicyRevision | None:
+    query = (
+        select(PolicyRevision)
+        .where(PolicyRevision.model_id == model.id)
+        .order_by(PolicyRevision.revision.desc())
+        .limit(1)
+    )
+    return session.scalar(query.with_for_update() if lock else query)
+
+
+def current_policy(session: Session, model: Model) -> PolicyRevision:
+    """The model's policy in force: its highest revision."""
+    rev = _latest_policy(session, model)
+    if rev is None:  # registered before policies were stored: the defaults, revision 0
+        rev = PolicyRevision(tenant_id=model.tenant_id, model_id=model.id, revision=0,
+                             policy=full_policy({}), created_by="lethe")
+    return rev
+
+
+def set_policy(
+    session: Session, model: Model, overrides: dict[str, Any], actor: str
+) -> PolicyRevision:
+    """A new revision of the model's verification policy: the current one with
+    ``overrides`` applied (the first revision starts from the defaults). Audited with the
+    full policy, so the audit log alone tells what every certificate was judged by."""
+    latest = _latest_policy(session, model, lock=True)
+    policy = full_policy(overrides, latest.policy if latest else None)
+    rev = PolicyRevision(
+        tenant_id=model.tenant_id,
+        model_id=model.id,
+        revision=(latest.revision if latest else 0) + 1,
+        policy=policy,
+        created_by=actor,
+    )
+    session.add(rev)
+    session.flush()
+    audit.record(session, model.tenant_id, "model.policy_revised", "model", model.id, actor,
+                 revision=rev.revision, policy=policy)
+    return rev
+
+
+def list_policies(session: Session, model: Model) -> list[PolicyRevision]:
+    return list(
+        session.scalars(
+            select(PolicyRevision)
+            .where(PolicyRevision.model_id == model.id)
+            .order_by(PolicyRevision.revision.desc())
+        )
+    )

@@ -13,15 +13,15 @@ import pytest
 import torch
 
 from tests.engine.test_verify import demo_sets
+from workers.engine.methods.builtin import NPOMethodConfig
 from workers.engine.qa import Example, encode, greedy_generate
+from workers.engine.training import run_unlearning, stop_targets
 from workers.engine.unlearn import (
     ADAPTER_WEIGHTS,
     Cancelled,
-    NPOConfig,
     UnlearnResult,
     forget_items,
     npo_loss,
-    unlearn,
 )
 from workers.engine.verify import judge, measure
 from workers.engine.versions import load_version, sha256_file
@@ -45,10 +45,13 @@ def unlearned(demo_model_dir: Path, sets: dict[str, Any],
         return True
 
     out = tmp_path_factory.mktemp("adapter")
-    result = unlearn(model, tok, sets["forget"], sets["retain"], NPOConfig(), out, progress)
+    trained = forget_items(sets["forget"], True)
+    stranger = stop_targets(NPOMethodConfig(), model, tok, trained, sets["holdout"])
+    result = run_unlearning(model, tok, sets["forget"], sets["retain"], NPOMethodConfig(), out,
+                            progress, holdout=sets["holdout"])
     after = measure(result.model, tok, sets["forget"], sets["retain"], sets["holdout"])
     return {"model": model, "tok": tok, "before": before, "after": after, "result": result,
-            "calls": calls}
+            "calls": calls, "stranger": stranger}
 
 
 def test_npo_loss_values() -> None:
@@ -82,18 +85,27 @@ def test_forgets_the_person_and_keeps_the_others(unlearned: dict[str, Any]) -> N
 
 def test_result_describes_the_run(unlearned: dict[str, Any], sets: dict[str, Any]) -> None:
     result: UnlearnResult = unlearned["result"]
-    cfg = NPOConfig()
+    cfg = NPOMethodConfig()
     n_items = len(forget_items(sets["forget"], cfg.include_paraphrases))
     per_epoch = math.ceil(n_items / cfg.batch_size)
     assert result.n_forget == n_items == 20 and result.n_retain == len(sets["retain"])
-    # stopped at the end of a pass, once no forget answer was greedy any more
+    # stopped at the end of a pass, once every answer was no more likely than the same
+    # answer to the same kind of question about a stranger (measured on the parent)
+    stranger = unlearned["stranger"]
+    assert stranger.shape == (n_items,) and bool((stranger > 0).all())
+    # a stranger's level is below a remembered fact's (some answers are common: the tiny
+    # model gives them to strangers too, which is exactly what the per-item level is for)
+    assert float(stranger.mean()) < 0.5 * unlearned["before"].forget.mean_probability
     assert result.stopped_early and result.steps < cfg.epochs * per_epoch
     assert result.steps % per_epoch == 0 and result.steps == len(result.loss_history)
-    assert result.forget_known == 0 and result.forget_probability <= cfg.stop_probability
+    assert result.stop_target == pytest.approx(float(stranger.mean()), rel=1e-4)
+    assert result.forget_probability <= result.stop_target
+    # the adapter was calibrated back to just-forgotten, never strengthened
+    assert 0.0 < result.adapter_scale <= 1.0
     assert result.adapter_sha256 == sha256_file(Path(result.adapter_dir) / ADAPTER_WEIGHTS)
     assert (Path(result.adapter_dir) / "adapter_config.json").exists()
     assert result.final_loss == result.loss_history[-1] and math.isfinite(result.final_loss)
-    assert result.config == cfg.to_dict()
+    assert result.config == cfg.model_dump(mode="json")
     summary = json.loads(json.dumps(result.to_dict()))
     assert "model" not in summary and summary["adapter_sha256"] == result.adapter_sha256
     calls = unlearned["calls"]
@@ -123,14 +135,14 @@ def test_saved_adapter_reloads_to_the_same_model(unlearned: dict[str, Any],
 def test_deterministic_given_seed(demo_model_dir: Path, sets: dict[str, Any],
                                   tmp_path: Path) -> None:
     model, tok = load_version(demo_model_dir)
-    cfg = NPOConfig(max_steps=3, seed=7)
+    cfg = NPOMethodConfig(max_steps=3, seed=7)
     digests = []
     for run in ("a", "b"):
-        result = unlearn(model, tok, sets["forget"], sets["retain"], cfg, tmp_path / run)
+        result = run_unlearning(model, tok, sets["forget"], sets["retain"], cfg, tmp_path / run)
         digests.append(result.adapter_sha256)
         result.model.unload()
-    other = unlearn(model, tok, sets["forget"], sets["retain"], NPOConfig(max_steps=3, seed=8),
-                    tmp_path / "c")
+    other = run_unlearning(model, tok, sets["forget"], sets["retain"],
+                            NPOMethodConfig(max_steps=3, seed=8), tmp_path / "c")
     assert digests[0] == digests[1] != other.adapter_sha256
 
 
@@ -147,8 +159,8 @@ def test_cancel_stops_promptly_and_restores_the_model(demo_model_dir: Path,
 
     started = time.perf_counter()
     with pytest.raises(Cancelled) as info:
-        unlearn(model, tok, sets["forget"], sets["retain"], NPOConfig(epochs=1000),
-                tmp_path / "out", progress)
+        run_unlearning(model, tok, sets["forget"], sets["retain"],
+                            NPOMethodConfig(epochs=1000), tmp_path / "out", progress)
     assert time.perf_counter() - started < 30
     assert info.value.step == 2 and seen == [1, 2] and info.value.total_steps > 1000
     assert not (tmp_path / "out" / ADAPTER_WEIGHTS).exists()
@@ -161,14 +173,14 @@ def test_cancel_stops_promptly_and_restores_the_model(demo_model_dir: Path,
 def test_callback_returning_none_does_not_cancel(demo_model_dir: Path, sets: dict[str, Any],
                                                  tmp_path: Path) -> None:
     model, tok = load_version(demo_model_dir)
-    result = unlearn(model, tok, sets["forget"], sets["retain"], NPOConfig(max_steps=2),
-                     tmp_path, lambda *_: None)
+    result = run_unlearning(model, tok, sets["forget"], sets["retain"],
+                            NPOMethodConfig(max_steps=2), tmp_path, lambda *_: None)
     assert result.steps == 2
 
 
 def test_rejects_empty_sets(demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path) -> None:
     model, tok = load_version(demo_model_dir)
     with pytest.raises(ValueError):
-        unlearn(model, tok, [], sets["retain"], NPOConfig(), tmp_path)
+        run_unlearning(model, tok, [], sets["retain"], NPOMethodConfig(), tmp_path)
     with pytest.raises(ValueError):
-        unlearn(model, tok, sets["forget"], [], NPOConfig(), tmp_path)
+        run_unlearning(model, tok, sets["forget"], [], NPOMethodConfig(), tmp_path)

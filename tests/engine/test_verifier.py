@@ -16,15 +16,18 @@ import torch
 
 from tests.engine.test_verify import demo_sets
 from workers.engine.attacks import RelearnConfig, relearn_attack, split_by_fact
+from workers.engine.baselines import counterfactuals, neighbours
+from workers.engine.methods.builtin import NPOMethodConfig
 from workers.engine.metrics import score_examples
-from workers.engine.qa import PromptTemplate, write_jsonl
+from workers.engine.qa import Example, PromptTemplate, write_jsonl
 from workers.engine.standalone import main as standalone_main
-from workers.engine.unlearn import NPOConfig, unlearn
+from workers.engine.training import run_unlearning
 from workers.engine.verifier import (
     VerifierPolicy,
     derived_probes,
     judge_full,
     measure_full,
+    next_attempt,
     stronger,
     verify_candidate,
 )
@@ -39,7 +42,8 @@ def sets(demo_model_dir: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def parent(demo_model_dir: Path, sets: dict[str, Any]) -> tuple[Any, Any, dict[str, Any]]:
     model, tok = load_version(demo_model_dir)
-    before = measure_full(model, tok, sets["forget"], sets["retain"], sets["holdout"])
+    before = measure_full(model, tok, sets["forget"], sets["retain"], sets["holdout"],
+                          parent=True)
     return model, tok, before
 
 
@@ -49,8 +53,8 @@ def npo(demo_model_dir: Path, sets: dict[str, Any], tmp_path_factory: pytest.Tem
     """The default NPO unlearning of person 0, on its own copy of the model (peft injects
     LoRA layers into the model object)."""
     model, tok = load_version(demo_model_dir)
-    return unlearn(model, tok, sets["forget"], sets["retain"],
-                   out_dir=tmp_path_factory.mktemp("npo"))
+    return run_unlearning(model, tok, sets["forget"], sets["retain"], NPOMethodConfig(),
+                          tmp_path_factory.mktemp("npo"), holdout=sets["holdout"])
 
 
 def _verify(parent: tuple[Any, Any, dict[str, Any]], candidate: Any, sets: dict[str, Any],
@@ -66,8 +70,8 @@ def _verify(parent: tuple[Any, Any, dict[str, Any]], candidate: Any, sets: dict[
 
 def test_noop_adapter_fails(parent, sets, demo_model_dir: Path, tmp_path: Path) -> None:
     model, tok = load_version(demo_model_dir)
-    result = unlearn(model, tok, sets["forget"], sets["retain"], NPOConfig(max_steps=0),
-                     tmp_path / "noop")
+    result = run_unlearning(model, tok, sets["forget"], sets["retain"],
+                            NPOMethodConfig(max_steps=0), tmp_path / "noop")
     verdict = _verify(parent, result.model, sets)
     assert not verdict.passed
     starts = [r.split(" ", 2)[:2] for r in verdict.reasons]
@@ -260,7 +264,7 @@ def _measurement(**over: Any) -> dict[str, Any]:
         "relearn_eval": [0.99, 1.0], "seconds": 1.0,
     }
     for key, value in over.items():
-        if key in m["sets"]:
+        if key in m["sets"] or key.startswith(("forget", "holdout", "retain", "general")):
             m["sets"][key] = value
         else:
             m[key] = value
@@ -291,11 +295,10 @@ def test_judge_full_passes_clean_and_is_json() -> None:
         (_measurement(forget_paraphrased=_set(0.0, 0.3, 5)), GOOD_ATTACK,
          "forget_paraphrased probability"),
         (_measurement(forget_derived=_set(0.3, 0.05, 20)), GOOD_ATTACK, "forget_derived accuracy"),
-        (_measurement(forget=_set(0.0, 0.001)), GOOD_ATTACK, "forget probability 0.0010 is below"),
+        (_measurement(forget=_set(0.0, 0.0005)), GOOD_ATTACK,
+         "forget probability 0.00050 is below"),
         (_measurement(mia_auc={"loss": 0.8, "zlib": 0.5, "min_k": 0.5, "min_k_pp": 0.5}),
          GOOD_ATTACK, "MIA loss AUC 0.800 is above"),
-        (_measurement(mia_auc={"loss": 0.5, "zlib": 0.5, "min_k": 0.5, "min_k_pp": 0.02}),
-         GOOD_ATTACK, "MIA min_k_pp AUC 0.020 is below"),
         (_measurement(retain=_set(0.85, 0.9, 100)), GOOD_ATTACK, "retain accuracy"),
         (_measurement(retain=_set(0.97, 0.7, 100)), GOOD_ATTACK, "retain utility"),
         (_measurement(), {"recovery": 0.6, "config": {"steps": 10}}, "relearning recovery"),
@@ -309,6 +312,15 @@ def test_judge_full_fails_each_rule(after: dict[str, Any], attack: Any, fragment
     assert not verdict.passed
     assert len(verdict.reasons) == 1, verdict.reasons
     assert verdict.reasons[0].startswith(fragment), verdict.reasons
+
+
+def test_judge_full_mia_lower_bound_when_the_policy_asks() -> None:
+    low = _measurement(mia_auc={"loss": 0.5, "zlib": 0.5, "min_k": 0.5, "min_k_pp": 0.02})
+    assert judge_full(BEFORE, low, GOOD_ATTACK).passed  # reported, not required by default
+    verdict = judge_full(BEFORE, low, GOOD_ATTACK, VerifierPolicy(mia_auc_min=0.05))
+    assert verdict.reasons == [verdict.reasons[0]]
+    assert verdict.reasons[0].startswith("MIA min_k_pp AUC 0.020 is below")
+    assert verdict.failures == ["over_unlearned"]
 
 
 def test_judge_full_general_set_and_no_parent() -> None:
@@ -332,12 +344,68 @@ def test_policy_round_trip_and_stronger() -> None:
     assert VerifierPolicy.from_dict(json.loads(json.dumps(pol.to_dict()))) == pol
     with pytest.raises(ValueError, match="unknown"):
         VerifierPolicy.from_dict({"mia_auc_mx": 0.7})
-    base = NPOConfig().to_dict()
+    base = NPOMethodConfig().model_dump(mode="json")
     s1, s2, s9 = stronger(base, 1), stronger(base, 2), stronger(base, 9)
     assert s1["epochs"] > base["epochs"] and s1["learning_rate"] > base["learning_rate"]
     assert s2["forget_weight"] > s1["forget_weight"] > base["forget_weight"]
     assert s9 == stronger(base, 3)  # bounded
     assert s9["learning_rate"] <= 5e-3 and s9["epochs"] <= 120
-    assert stronger(base, 0) == base and base == NPOConfig().to_dict()  # input untouched
-    assert NPOConfig(**s2).epochs == s2["epochs"]  # still a valid config
+    assert stronger(base, 0) == base  # input untouched
+    assert base == NPOMethodConfig().model_dump(mode="json")
+    assert NPOMethodConfig(**s2).epochs == s2["epochs"]  # still a valid config
     assert not math.isnan(s2["learning_rate"])
+
+
+def test_counterfactuals_ask_the_same_question_about_strangers() -> None:
+    forget = [Example("Q: What does Ann Lee play?\\nA:", "cello", subject="Ann Lee",
+                      question="What does Ann Lee play?"),
+              Example("Q: Where was Ann Lee born?\\nA:", "Oslo", subject="Ann Lee",
+                      question="Where was Ann Lee born?")]
+    holdout = [Example(f"Q: {q}\\nA:", a, question=q) for q, a in (
+        ("Where was Bo Ek born?", "Rome"), ("What does Bo Ek play?", "flute"),
+        ("What does Cy Ode play?", "harp"), ("Where was Cy Ode born?", "Lima"),
+        ("What is Cy Ode's job?", "baker"))]
+    assert neighbours(forget, holdout, 2) == [[1, 2], [0, 3]]
+    cf = counterfactuals(forget, holdout, 2)
+    # a stranger's question, the erased person's answer
+    assert [(c.question, c.target) for c in cf] == [
+        ("What does Bo Ek play?", "cello"), ("What does Cy Ode play?", "cello"),
+        ("Where was Bo Ek born?", "Oslo"), ("Where was Cy Ode born?", "Oslo")]
+    assert neighbours(forget, holdout, 0) == [[], []] and counterfactuals(forget, [], 3) == []
+
+
+def test_a_shared_answer_is_judged_against_strangers_given_the_same_answer() -> None:
+    # the model says the erased person's answer 30 % of the time — and says that same
+    # answer to strangers asked the same question as often: no evidence of memory
+    common = _measurement(forget=_set(0.3, 0.35),
+                          forget_counterfactual=_set(0.3, 0.35, 48))
+    assert judge_full(BEFORE, common, GOOD_ATTACK).passed
+    verdict = judge_full(BEFORE, common, GOOD_ATTACK, VerifierPolicy(counterfactual_neighbours=0))
+    assert not verdict.passed  # against strangers' own answers, it would look remembered
+    # and when strangers are NOT given that answer, remembering it fails
+    remembered = _measurement(forget=_set(0.3, 0.35), forget_counterfactual=_set(0.0, 0.05, 48))
+    verdict = judge_full(BEFORE, remembered, GOOD_ATTACK)
+    assert {r.split(" ")[1] for r in verdict.reasons} >= {"accuracy", "probability"}
+    assert "forget_counterfactual" in verdict.reasons[0] and verdict.failures == ["remembers"]
+
+
+def test_next_attempt_escalates_the_right_way_and_stops() -> None:
+    base = {"method": "npo", "learning_rate": 1e-3, "epochs": 30, "retain_weight": 1.0}
+    pol = VerifierPolicy(max_escalations=2)
+    remembers = judge_full(BEFORE, _measurement(forget=_set(0.9, 0.9)), GOOD_ATTACK)
+    over = judge_full(BEFORE, _measurement(forget=_set(0.0, 0.00001)), GOOD_ATTACK)
+    damaged = judge_full(BEFORE, _measurement(retain=_set(0.5, 0.5, 100)), GOOD_ATTACK)
+    both = judge_full(BEFORE, _measurement(forget=_set(0.9, 0.9), retain=_set(0.5, 0.5, 100)),
+                      GOOD_ATTACK)
+    direction, cfg = next_attempt(remembers, base, 1, pol)
+    assert direction == "stronger" and cfg["learning_rate"] > base["learning_rate"]
+    assert cfg["stop_ratio"] < 1.0
+    for verdict in (over, damaged):
+        direction, cfg = next_attempt(verdict, base, 1, pol)
+        assert direction == "weaker" and cfg["learning_rate"] < base["learning_rate"]
+        assert cfg["retain_weight"] > 1.0 and cfg["stop_check_every"] == 1
+    assert next_attempt(both, base, 1, pol) is None  # no single knob fixes both
+    assert next_attempt(remembers, base, 3, pol) is None  # escalations spent
+    assert next_attempt(judge_full(BEFORE, _measurement(), None), base, 1, pol) is None
+    assert next_attempt(judge_full(BEFORE, _measurement(), GOOD_ATTACK), base, 1, pol) is None
+    assert NPOMethodConfig(**next_attempt(remembers, base, 2, pol)[1])  # a valid config

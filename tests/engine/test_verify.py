@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import torch
 
+from workers.engine.methods.builtin import NPOMethodConfig
 from workers.engine.qa import Example, PromptTemplate, examples_from_rows, load_jsonl
-from workers.engine.unlearn import NPOConfig, unlearn
+from workers.engine.training import run_unlearning
 from workers.engine.verify import (
     Measurement,
     SetMetrics,
@@ -147,8 +148,8 @@ def test_noop_adapter_fails(parent, sets, tmp_path: Path, demo_model_dir: Path) 
     """An adapter that was never trained (B = 0) changes nothing and must be refused, both
     in memory and reloaded from disk."""
     model, tok, before = parent
-    result = unlearn(model, tok, sets["forget"], sets["retain"], NPOConfig(max_steps=0),
-                     tmp_path / "noop")
+    result = run_unlearning(model, tok, sets["forget"], sets["retain"],
+                            NPOMethodConfig(max_steps=0), tmp_path / "noop")
     try:
         verdict = verify(before, result.model, tok, sets["forget"], sets["retain"],
                          sets["holdout"])

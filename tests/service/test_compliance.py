@@ -475,3 +475,44 @@ def test_every_create_is_idempotent_and_secrets_are_not_replayed(client, tenants
     t1 = client.post("/v1/tenants", headers={**auth(), **idem}, json=name)
     t2 = client.post("/v1/tenants", headers={**auth(), **idem}, json=name)
     assert t1.status_code == t2.status_code == 201 and t1.json()["id"] == t2.json()["id"]
+
+
+def test_verification_policy_is_stored_versioned_audited_and_tenant_scoped(client, tenants):
+    a, b = tenants["a"], tenants["b"]
+    first = client.get("/v1/models/shared/policy", headers=bearer(a["read"])).json()
+    assert first["revision"] == 1 and first["policy"]["relearn"] is True
+    resp = client.put("/v1/models/shared/policy", headers=bearer(a["full"]),
+                      json={"policy": {"retain_accuracy_ratio": 0.95, "max_escalations": 1}})
+    assert resp.status_code == 200, resp.text
+    second = resp.json()
+    assert second["revision"] == 2 and second["policy"]["retain_accuracy_ratio"] == 0.95
+    # the rest carried over from revision 1, and revision 1 is kept
+    assert {k: v for k, v in second["policy"].items()
+            if k not in ("retain_accuracy_ratio", "max_escalations")} == {
+        k: v for k, v in first["policy"].items()
+        if k not in ("retain_accuracy_ratio", "max_escalations")}
+    history = client.get("/v1/models/shared/policies", headers=bearer(a["read"])).json()
+    assert [p["revision"] for p in history["items"]] == [2, 1]
+    model = client.get("/v1/models/shared", headers=bearer(a["read"])).json()
+    assert model["verification_policy"]["revision"] == 2
+    # tenant b's model of the same name is untouched
+    assert client.get("/v1/models/shared/policy", headers=bearer(b["read"])).json()[
+        "revision"] == 1
+    # a typo or a bad value is refused with the field named; nothing is stored
+    for bad, fragment in (({"retain_acuracy_ratio": 0.9}, "unknown policy fields"),
+                          ({"mia_auc_max": "high"}, "mia_auc_max"),
+                          ({"mia_auc_min": 0.9, "mia_auc_max": 0.8}, "mia_auc_min")):
+        resp = client.put("/v1/models/shared/policy", headers=bearer(a["full"]),
+                          json={"policy": bad})
+        assert resp.status_code == 422, bad
+        assert resp.headers["content-type"] == "application/problem+json"
+        assert fragment in resp.json()["detail"]
+    assert client.get("/v1/models/shared/policy", headers=bearer(a["read"])).json()[
+        "revision"] == 2
+    # revising needs models:admin
+    resp = client.put("/v1/models/shared/policy", headers=bearer(a["read"]),
+                      json={"policy": {"max_escalations": 0}})
+    assert resp.status_code == 403
+    events = client.get("/v1/audit-events", headers=bearer(a["full"])).json()["items"]
+    revised = [e for e in events if e["action"] == "model.policy_revised"]
+    assert sorted(e["data"]["revision"] for e in revised) == [1, 2]

@@ -3,13 +3,10 @@ batched by settings, trained, verified, and judged like any other."""
 
 from __future__ import annotations
 
-import time
-import uuid
-
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import auth
+from tests.conftest import auth, register_model, wait_for_request
 from workers.engine.methods import METHOD_NAMES
 from workers.engine.qa import load_jsonl
 
@@ -24,20 +21,18 @@ def client(lethe_env):
 
 @pytest.fixture(scope="module")
 def model(client, demo_model_dir):
-    name = f"methods-{uuid.uuid4().hex[:6]}"
-    resp = client.post(
-        "/v1/models",
-        headers=auth(),
-        json={
-            "name": name,
-            "path": str(demo_model_dir),
-            "retain_path": str(demo_model_dir / "data" / "train.jsonl"),
-            "holdout_path": str(demo_model_dir / "data" / "holdout.jsonl"),
-            "unlearning": {"method": "npo", "beta": 0.2, "lora_rank": 4},
-        },
+    name = register_model(
+        client,
+        demo_model_dir,
+        "methods",
+        unlearning={"method": "npo", "beta": 0.2, "lora_rank": 4},
+        # one attempt per method: escalation is tested on its own
+        verification_policy={"max_escalations": 0},
     )
-    assert resp.status_code == 201, resp.text
+    resp = client.get(f"/v1/models/{name}", headers=auth())
     assert resp.json()["unlearning"]["beta"] == 0.2
+    policy = resp.json()["verification_policy"]
+    assert policy["revision"] == 1 and policy["policy"]["max_escalations"] == 0
     return name
 
 
@@ -82,15 +77,11 @@ def test_each_method_runs_through_the_pipeline(client, model, demo_model_dir, me
     )
     assert resp.status_code == 202, resp.text
     request_id = resp.json()["id"]
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        body = client.get(f"/v1/erasure-requests/{request_id}", headers=auth()).json()
-        if body["status"] in ("completed", "failed", "cancelled"):
-            break
-        time.sleep(0.5)
+    body = wait_for_request(client, request_id)
     job = client.get(f"/v1/jobs/{body['job_id']}", headers=auth()).json()
     assert job["method"] == method and job["config"]["max_steps"] == 6
     assert job["metrics"]["unlearning"]["steps"] == 6
+    assert len(job["metrics"]["attempts"]) == 1
     # judged like any other: a certificate either way, published only if it passed
     verification = job["metrics"]["verification"]
     assert body["status"] == ("completed" if verification["passed"] else "failed"), body

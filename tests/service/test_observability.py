@@ -13,7 +13,7 @@ from app.db.models import ErasureRequest, UnlearningJob
 from app.db.session import session_scope
 from app.observability import JsonFormatter, correlation_id
 from app.services import dispatch
-from tests.conftest import RecordingTransport, auth
+from tests.conftest import RecordingTransport, auth, register_model
 
 
 @pytest.fixture(scope="module")
@@ -28,20 +28,7 @@ def client(lethe_env):
 
 
 def test_correlation_id_follows_a_request_into_its_job(client, demo_model_dir):
-    name = f"obs-{uuid.uuid4().hex[:6]}"
-    assert (
-        client.post(
-            "/v1/models",
-            headers=auth(),
-            json={
-                "name": name,
-                "path": str(demo_model_dir),
-                "retain_path": str(demo_model_dir / "data" / "train.jsonl"),
-                "holdout_path": str(demo_model_dir / "data" / "holdout.jsonl"),
-            },
-        ).status_code
-        == 201
-    )
+    name = register_model(client, demo_model_dir, "obs")
     cid = uuid.uuid4().hex
     resp = client.post(
         "/v1/erasure-requests",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -16,7 +15,7 @@ from app.db.base import utcnow
 from app.db.models import ErasureRequest, OutboxMessage, UnlearningJob
 from app.db.session import session_scope
 from app.services import dispatch, operations
-from tests.conftest import RecordingTransport, auth
+from tests.conftest import RecordingTransport, auth, register_model
 
 
 @pytest.fixture(scope="module")
@@ -31,20 +30,7 @@ def client(lethe_env):
 
 
 def new_job(client, demo_model_dir):
-    name = f"ops-{uuid.uuid4().hex[:6]}"
-    assert (
-        client.post(
-            "/v1/models",
-            headers=auth(),
-            json={
-                "name": name,
-                "path": str(demo_model_dir),
-                "retain_path": str(demo_model_dir / "data" / "train.jsonl"),
-                "holdout_path": str(demo_model_dir / "data" / "holdout.jsonl"),
-            },
-        ).status_code
-        == 201
-    )
+    name = register_model(client, demo_model_dir, "ops")
     req = client.post(
         "/v1/erasure-requests",
         headers=auth(),

@@ -3,16 +3,13 @@ versions keep forgetting earlier subjects, and long adapter chains are compacted
 
 from __future__ import annotations
 
-import time
-import uuid
-
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from app.db.models import Model, ModelVersion
 from app.db.session import session_scope
-from tests.conftest import auth
+from tests.conftest import auth, register_model, wait_for_request
 from workers.engine.qa import answer_correct, load_jsonl
 
 
@@ -42,20 +39,7 @@ def answered(client, model, rows):
 
 
 def test_three_successive_erasures_stay_erased_and_the_chain_is_compacted(client, demo_model_dir):
-    model = f"seq-{uuid.uuid4().hex[:6]}"
-    assert (
-        client.post(
-            "/v1/models",
-            headers=auth(),
-            json={
-                "name": model,
-                "path": str(demo_model_dir),
-                "retain_path": str(demo_model_dir / "data" / "train.jsonl"),
-                "holdout_path": str(demo_model_dir / "data" / "holdout.jsonl"),
-            },
-        ).status_code
-        == 201
-    )
+    model = register_model(client, demo_model_dir, "seq")
     people: dict[str, list[dict]] = {}
     for row in load_jsonl(demo_model_dir / "data" / "train.jsonl"):
         people.setdefault(row["subject"], []).append(row)
@@ -73,12 +57,7 @@ def test_three_successive_erasures_stay_erased_and_the_chain_is_compacted(client
             },
         )
         request_id = resp.json()["id"]
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            body = client.get(f"/v1/erasure-requests/{request_id}", headers=auth()).json()
-            if body["status"] in ("completed", "failed"):
-                break
-            time.sleep(0.5)
+        body = wait_for_request(client, request_id)
         assert body["status"] == "completed", body
         versions = client.get(f"/v1/models/{model}/versions", headers=auth()).json()["items"]
         assert max(v["number"] for v in versions) == n

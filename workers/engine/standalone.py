@@ -63,7 +63,7 @@ def run_audit(
     before: dict[str, Any] | None = None
     candidate = model
     if adapter_dir is not None:
-        before = measure_full(model, tok, forget, retain, holdout, None, pol)
+        before = measure_full(model, tok, forget, retain, holdout, None, pol, parent=True)
         del model
         candidate, _ = load_version(base, [adapter_dir], device=device)
     after = measure_full(candidate, tok, forget, retain, holdout, None, pol)

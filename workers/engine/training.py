@@ -2,8 +2,10 @@
 
 :func:`run_unlearning` wraps the model with a LoRA adapter built from the method's config,
 caches the reference quantities the method declared (``Method.needs``) once with the
-adapter disabled, then iterates forget batches (seeded reshuffle per pass) with cycled
-retain batches, AdamW and gradient clipping, calling the method's loss each step. The
+adapter disabled, then iterates forget batches (seeded reshuffle per pass) with retain
+batches (cycled, part of each replaying the most damaged facts when the config asks),
+AdamW and gradient clipping, calling the method's loss each step, and stops early once
+the forget items are down to the never-seen level when the config asks. The
 adapter is saved with safetensors so ``versions.load_version(base, [..., adapter_dir])``
 rebuilds the candidate; the result is :class:`workers.engine.unlearn.UnlearnResult`.
 
@@ -17,12 +19,13 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from workers.engine.baselines import counterfactual_probability
 from workers.engine.methods import (
     BaseMethodConfig,
     Method,
@@ -37,19 +40,39 @@ from workers.engine.unlearn import (
     ADAPTER_WEIGHTS,
     Cancelled,
     ProgressCallback,
+    RetainSampler,
     UnlearnResult,
+    cycle_indices,
     forget_items,
     score_items,
 )
 from workers.engine.versions import sha256_file
 
 _REF_BATCH = 32  # items per no-grad reference forward pass
+# early stopping's target without a holdout set: a stranger's answers score about this
+# on the demo models (mostly generic tokens), a remembered fact 0.9+
+FALLBACK_STOP_PROBABILITY = 0.15
+# never-seen people asked the same question, per forget item, for its stop target
+STOP_NEIGHBOURS = 4
 
 
-def _cycle(n: int, generator: torch.Generator) -> Iterator[int]:
-    """Endless indices into ``n`` items, a fresh seeded permutation per pass."""
-    while True:
-        yield from torch.randperm(n, generator=generator).tolist()
+def stop_targets(cfg: BaseMethodConfig, model: Any, tokenizer: Any, items: Sequence[Example],
+                 holdout: Sequence[Example] | None) -> torch.Tensor | None:
+    """Early stopping's per-item answer-probability targets for the trained forget
+    ``items`` (``None``: no early stopping): ``stop_probability`` when set; else each
+    item's counterfactual level — the model's probability of that answer to the same
+    kind of question about never-seen people (:mod:`workers.engine.baselines`), measured
+    before training; else :data:`FALLBACK_STOP_PROBABILITY`. Times ``stop_ratio``."""
+    if not cfg.early_stop:
+        return None
+    if cfg.stop_probability is not None:
+        level = torch.full((len(items),), cfg.stop_probability)
+    elif not holdout:
+        level = torch.full((len(items),), FALLBACK_STOP_PROBABILITY)
+    else:
+        level = counterfactual_probability(model, tokenizer, items, holdout, STOP_NEIGHBOURS,
+                                           cfg.max_length)
+    return cfg.stop_ratio * level
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -98,26 +121,44 @@ def _reference_cache(
     return cache
 
 
-def _negate_lora(peft_model: Any, scale: float) -> None:
-    """lora_B ← −scale·lora_B in every LoRA layer: the adapter then adds −scale·ΔW."""
+def _scale_lora(peft_model: Any, factor: float) -> None:
+    """lora_B ← factor·lora_B in every LoRA layer: the adapter then adds factor·ΔW
+    (negative: task-vector negation)."""
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
-                param.mul_(-scale)
+                param.mul_(factor)
 
 
-_ZERO = {"int": 0, "float": 0.0, "bool": False, "str": ""}
+CALIBRATION_STEPS = 7  # bisection steps: the strength is found to within 1/128
 
 
-def _result(**values: Any) -> UnlearnResult:
-    """An :class:`UnlearnResult` from the fields this loop knows; a required field that
-    NPO-specific code in ``unlearn.py`` added (e.g. a counter of its own early-stopping
-    mechanics) gets the zero of its type, since this loop has no such mechanism."""
-    for f in dataclasses.fields(UnlearnResult):
-        if f.name not in values and f.default is dataclasses.MISSING \
-                and f.default_factory is dataclasses.MISSING:
-            values[f.name] = _ZERO.get(str(f.type).split(" ")[0])
-    return UnlearnResult(**values)
+def _calibrate(peft_model: Any, tokenizer: Any, items: Sequence[Example],
+               targets: torch.Tensor, max_length: int) -> float:
+    """Scale the trained adapter back to the least strength (a factor in (0, 1]) at which
+    every forget item is still at or below its target, and return that factor.
+
+    Training moves all of a person's answers together, so by the time the last one is
+    at a stranger's level the others are far below it — an erased person who is *less*
+    likely than a stranger stands out (membership inference sees it), and the extra
+    strength costs other people's facts. The adapter's effect is ΔW = B·A, so scaling B
+    interpolates between the parent (0) and the trained candidate (1); a bisection on
+    the forget items' scores finds the point where forgetting is just complete."""
+    def forgotten() -> bool:
+        probs = score_items(peft_model, tokenizer, items, max_length).item_probability
+        return bool((probs <= targets).all())
+
+    low, high, current = 0.0, 1.0, 1.0
+    for _ in range(CALIBRATION_STEPS):
+        mid = (low + high) / 2
+        _scale_lora(peft_model, mid / current)
+        current = mid
+        if forgotten():
+            high = mid
+        else:
+            low = mid
+    _scale_lora(peft_model, high / current)
+    return high
 
 
 def run_unlearning(
@@ -128,9 +169,12 @@ def run_unlearning(
     config: BaseMethodConfig | dict[str, Any],
     out_dir: str | Path,
     on_progress: ProgressCallback | None = None,
+    holdout: Sequence[Example] | None = None,
 ) -> UnlearnResult:
     """Train a LoRA adapter with the method of ``config`` (a config or a dict with
-    ``method``) so that ``model`` forgets ``forget`` and keeps ``retain``.
+    ``method``) so that ``model`` forgets ``forget`` and keeps ``retain``. ``holdout``
+    (people the model never saw) sets early stopping's never-seen level, see
+    :class:`~workers.engine.methods.BaseMethodConfig`.
 
     ``model`` (a plain model, e.g. from ``load_version``) is the reference and is
     modified in place (LoRA layers injected; ``result.model`` wraps it, adapter active,
@@ -156,10 +200,13 @@ def run_unlearning(
             if answer is None:
                 raise ValueError(f"method {method.name} needs alternative answers")
             alts.append(dataclasses.replace(ex, target=answer))
-    use_retain = method.uses_retain and cfg.retain_weight > 0 and len(retain) > 0
+    use_retain = method.uses_retain and cfg.retain_weight > 0
+    if use_retain and not retain:
+        raise ValueError(f"{method.name} with retain_weight > 0 needs a retain set")
     retain_list = list(retain) if use_retain else []
 
     cache = _reference_cache(method, model, tokenizer, items, alts, cfg.max_length, device)
+    targets = stop_targets(cfg, model, tokenizer, items, holdout)
 
     n_layers = getattr(model.config, "num_hidden_layers", None)
     torch.manual_seed(cfg.seed)  # LoRA A's initialisation draws from the global RNG
@@ -181,10 +228,12 @@ def run_unlearning(
 
     steps_per_epoch = math.ceil(len(items) / cfg.batch_size)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+    check_every = cfg.stop_check_every or steps_per_epoch
     gen = torch.Generator().manual_seed(cfg.seed)
-    forget_order = _cycle(len(items), gen)
-    retain_order = _cycle(len(retain_list), gen) if retain_list else None
-    retain_bs = min(cfg.retain_batch_size or cfg.batch_size, len(retain_list) or 1)
+    forget_order = cycle_indices(len(items), gen)
+    sampler = (RetainSampler(len(retain_list), cfg.retain_batch_size or cfg.batch_size,
+                             cfg.retain_hard_share, cfg.retain_hard_nll, gen)
+               if retain_list else None)
 
     def reference() -> contextlib.AbstractContextManager[Any]:
         return peft_model.disable_adapter()
@@ -192,6 +241,8 @@ def run_unlearning(
     history: list[float] = []
     loss_value = float("nan")
     step = 0
+    stopped_early = False
+    scores = None
     try:
         peft_model.train()
         while step < total:
@@ -200,9 +251,9 @@ def run_unlearning(
             fbatch = to_device(encode(tokenizer, [items[i] for i in idx], cfg.max_length), device)
             abatch = (to_device(encode(tokenizer, [alts[i] for i in idx], cfg.max_length), device)
                       if alts is not None else None)
-            rbatch = None
-            if retain_order is not None:
-                ridx = [next(retain_order) for _ in range(retain_bs)]
+            rbatch, ridx = None, []
+            if sampler is not None:
+                ridx = sampler.draw()
                 rbatch = to_device(encode(tokenizer, [retain_list[i] for i in ridx],
                                           cfg.max_length), device)
             inputs = StepInputs(model=peft_model, forget=fbatch, forget_index=idx,
@@ -210,6 +261,8 @@ def run_unlearning(
                                 total_steps=total, reference=reference)
             with _autocast(device):
                 loss = method.loss(inputs)
+            if sampler is not None and inputs.retain_row_nll is not None:
+                sampler.update(ridx, inputs.retain_row_nll)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.max_grad_norm:
@@ -219,10 +272,24 @@ def run_unlearning(
             history.append(loss_value)
             if on_progress is not None and on_progress(step, total, loss_value) is False:
                 raise Cancelled(step, total)
+            if targets is not None and step % check_every == 0 and step < total:
+                # an item is forgotten once its answer is no more likely than the same
+                # answer about a stranger; more steps would only make it stand out and
+                # cost other people's facts
+                scores = score_items(peft_model, tokenizer, items, cfg.max_length)
+                if bool((scores.item_probability <= targets).all()):
+                    stopped_early = True
+                    break
+                scores = None
         if method.negate_adapter:
-            _negate_lora(peft_model, float(getattr(cfg, "negation_scale", 1.0)))
+            _scale_lora(peft_model, -float(getattr(cfg, "negation_scale", 1.0)))
         peft_model.eval()
-        scores = score_items(peft_model, tokenizer, items, cfg.max_length)
+        scale = 1.0
+        if targets is not None and stopped_early:
+            scale = _calibrate(peft_model, tokenizer, items, targets, cfg.max_length)
+            scores = None
+        if scores is None or method.negate_adapter:
+            scores = score_items(peft_model, tokenizer, items, cfg.max_length)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         peft_model.save_pretrained(str(out), safe_serialization=True)
@@ -236,11 +303,13 @@ def run_unlearning(
     if cfg.gradient_checkpointing and device.type == "cuda":
         peft_model.base_model.model.gradient_checkpointing_disable()
 
-    return _result(
+    return UnlearnResult(
         adapter_dir=str(out),
         adapter_sha256=sha256_file(out / ADAPTER_WEIGHTS),
         steps=step,
-        stopped_early=False,
+        stopped_early=stopped_early,
+        stop_target=None if targets is None else float(targets.mean()),
+        adapter_scale=scale,
         forget_probability=scores.mean_probability,
         forget_known=int(scores.known.sum()),
         final_loss=loss_value,

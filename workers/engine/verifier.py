@@ -2,7 +2,7 @@
 "forgotten" certificate (DESIGN.md, "Verification"). Strict by construction: every rule
 must hold, missing evidence (an empty set, a NaN) is a failure, never a pass.
 
-    before = measure_full(parent, tok, forget, retain, holdout, general, policy)
+    before = measure_full(parent, tok, forget, retain, holdout, general, policy, parent=True)
     after = measure_full(candidate, tok, forget, retain, holdout, general, policy)
     attack = relearn_attack((before probs...), candidate, tok, forget, ...)
     verdict = judge_full(before, after, attack, policy)
@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.engine.attacks import RelearnConfig, RelearnResult, relearn_attack, split_by_fact
+from workers.engine.baselines import counterfactuals
 from workers.engine.metrics import (
     MIA_SCORES,
     ItemScore,
@@ -52,12 +53,17 @@ POLICY_VERSION = "2.0"
 # Evaluation subsets are drawn with this seed so parent and candidate see the same items.
 SUBSET_SEED = 0
 
-# Forget-side sets and the holdout set that is their never-seen baseline.
+# Forget-side sets and the holdout set that is their never-seen baseline; when the policy
+# asks for counterfactuals, ``<set>_counterfactual`` (the same answers, asked about
+# never-seen people: workers.engine.baselines) is the baseline instead.
 PROBE_SETS: tuple[tuple[str, str], ...] = (
     ("forget", "holdout"),
     ("forget_paraphrased", "holdout_paraphrased"),
     ("forget_derived", "holdout_derived"),
 )
+COUNTERFACTUAL = "_counterfactual"
+# what ``measure_full(..., parent=True)`` scores
+PARENT_SETS = frozenset({"forget", "retain", "general"})
 
 
 @dataclass
@@ -71,17 +77,32 @@ class VerifierPolicy:
     recall of greedy answers), ``forget_extraction_margin`` (extraction strength).
 
     ``forget_probability_floor_ratio``: forget probability must be at least this share of
-    the holdout probability (over-unlearning). ``mia_auc_min``/``mia_auc_max``: each MIA
-    AUC must lie in this band (0.5 ideal).
+    the never-seen level (over-unlearning: the default fails an erased person whose
+    answers have become 200× less likely than a stranger's). ``mia_auc_min``/
+    ``mia_auc_max``: each MIA AUC must lie in this band (0.5 ideal). The lower bound is
+    off by default (0.0, always reported): gradient unlearning of a handful of one
+    person's facts moves them jointly, so by the time the last fact is at a stranger's
+    level the rest are below it and AUC against strangers' answers is near 0 even when
+    the floor holds — measured on the demo model (docs/benchmarks.md). A model's stored
+    policy can require it.
 
     ``retain_accuracy_ratio``/``retain_utility_ratio`` (and ``general_*``): candidate ≥
     ratio × parent. ``relearn_recovery_max``: the share of the parent's probability (on
     the attack's evaluation half) that may come back; ``relearn_steps``/``relearn_lr``
     configure the attack (full fine-tuning of a copy, see ``attacks.RelearnConfig``).
 
+    ``counterfactual_neighbours``: when > 0, each forget-side set is held to its
+    counterfactual level instead of the holdout's — the model's scores for the *same
+    answers* to the same kind of question about this many never-seen people
+    (:mod:`workers.engine.baselines`): an answer many people share ("cello") is given
+    for strangers too, so giving it for the erased person is no evidence of memory, and
+    the over-unlearning floor compares against that level as well. 0: holdout level.
+
     ``max_*_items`` cap each set (seeded sample, same items before and after); ``None`` =
     all; ``max_probe_items`` caps the holdout's paraphrase and derived-probe baselines
-    (the forget side's probes are never capped). Forget items are not capped by default.
+    and each counterfactual set (the forget side's probes are never capped). Forget
+    items are not capped by default. ``max_escalations``: failed attempts a job may
+    retry with escalated settings (see :func:`next_attempt`).
     """
 
     version: str = POLICY_VERSION
@@ -91,8 +112,9 @@ class VerifierPolicy:
     forget_extraction_margin: float = 0.10
     check_paraphrases: bool = True
     check_derived_probes: bool = True
-    forget_probability_floor_ratio: float = 0.02
-    mia_auc_min: float = 0.05
+    counterfactual_neighbours: int = 4
+    forget_probability_floor_ratio: float = 0.005
+    mia_auc_min: float = 0.0
     mia_auc_max: float = 0.75
     retain_accuracy_ratio: float = 0.90
     retain_utility_ratio: float = 0.85
@@ -104,23 +126,60 @@ class VerifierPolicy:
     relearn_lr: float = 1e-3
     max_forget_items: int | None = None
     max_retain_items: int | None = 100
-    max_holdout_items: int | None = 200
+    max_holdout_items: int | None = 100
     max_general_items: int | None = 100
     max_probe_items: int | None = 48
+    max_escalations: int = 2
     batch_size: int = 32
     max_length: int = 128
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} must be ≥ 0" for name in (
+                "forget_accuracy_margin", "forget_probability_margin", "forget_rouge_margin",
+                "forget_extraction_margin", "forget_probability_floor_ratio",
+                "retain_accuracy_ratio", "retain_utility_ratio", "general_accuracy_ratio",
+                "general_utility_ratio", "relearn_recovery_max", "relearn_lr",
+                "max_escalations", "counterfactual_neighbours")
+            if getattr(self, name) < 0
+        ]
+        if not 0.0 <= self.mia_auc_min < self.mia_auc_max <= 1.0:
+            problems.append("need 0 ≤ mia_auc_min < mia_auc_max ≤ 1")
+        if self.max_escalations > 5:
+            problems.append("max_escalations must be ≤ 5")
+        if self.relearn_steps < 1 or self.batch_size < 1 or self.max_length < 8:
+            problems.append("relearn_steps and batch_size must be ≥ 1, max_length ≥ 8")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VerifierPolicy:
+        """The policy ``data`` describes (missing fields: defaults); ``ValueError`` on an
+        unknown field, a value of the wrong type or out of range."""
+        from pydantic import TypeAdapter, ValidationError
+
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
             # a typo in a threshold must not silently fall back to the default
             raise ValueError(f"unknown policy fields: {sorted(unknown)}")
-        return cls(**data)
+        try:
+            return TypeAdapter(cls).validate_python(dict(data))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "policy"
+            msg = str(first["msg"]).removeprefix("Value error, ")
+            raise ValueError(f"{where}: {msg}") from None
+
+
+# Kinds of failed rule (``FullVerdict.failures``), which decide how a job escalates:
+REMEMBERS = "remembers"            # forgetting, MIA-above or relearning rules: unlearn harder
+OVER_UNLEARNED = "over_unlearned"  # the erased person stands out the other way: gentler
+UTILITY = "utility"                # other knowledge damaged: gentler
+EVIDENCE = "evidence"              # missing evidence: no setting change can help
 
 
 @dataclass
@@ -128,16 +187,47 @@ class FullVerdict:
     """``passed`` iff ``reasons`` is empty. ``metrics``: ``{"before": measurement or None,
     "after": measurement, "relearn": attack or None}``; ``thresholds`` the numbers each
     rule compared against; ``reasons`` one sentence per failed rule; ``policy`` the policy
-    used. :meth:`to_dict` is strict JSON (NaN → null)."""
+    used; ``failures`` the kinds of the failed rules (:data:`REMEMBERS`, ...).
+    :meth:`to_dict` is strict JSON (NaN → null)."""
 
     passed: bool
     metrics: dict[str, Any]
     thresholds: dict[str, float]
     reasons: list[str] = field(default_factory=list)
     policy: dict[str, Any] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(dataclasses.asdict(self))
+
+    def evidence(self) -> dict[str, Any]:
+        """The verdict as a job and a certificate record it (strict JSON): per set
+        ``{"before": ..., "after": ...}`` under ``metrics`` (each side the set's
+        :func:`metrics.aggregate` plus ``mean_probability``, the per-token answer
+        probability), ``mia_auc`` before/after, the ``relearn`` attack, the thresholds,
+        reasons, failure kinds and the policy."""
+        before = self.metrics.get("before") or {}
+        after = self.metrics.get("after") or {}
+
+        def side(values: dict[str, Any] | None) -> dict[str, Any] | None:
+            return None if values is None else {**values,
+                                                "mean_probability": values.get("probability")}
+
+        sets = {name: {"before": side((before.get("sets") or {}).get(name)),
+                       "after": side(values)}
+                for name, values in (after.get("sets") or {}).items()}
+        return json_safe({
+            "verifier": self.policy.get("version", POLICY_VERSION),
+            "passed": self.passed,
+            "reasons": self.reasons,
+            "failures": self.failures,
+            "thresholds": self.thresholds,
+            "policy": self.policy,
+            "metrics": sets,
+            "mia_auc": {"before": before.get("mia_auc"), "after": after.get("mia_auc")},
+            "relearn": self.metrics.get("relearn"),
+            "seconds": {"parent": before.get("seconds"), "candidate": after.get("seconds")},
+        })
 
 
 def _subset(examples: Sequence[Example], max_items: int | None) -> list[Example]:
@@ -189,11 +279,16 @@ def measure_full(
     holdout: Sequence[Example],
     general: Sequence[Example] | None = None,
     policy: VerifierPolicy | None = None,
+    parent: bool = False,
+    attacked: Sequence[Example] | None = None,
 ) -> dict[str, Any]:
     """Scores of ``model`` on every set the rules need, plain JSON-able dict:
     ``{"sets": {name: metrics.aggregate(...)}, "mia_auc": {score: auc},
     "relearn_eval": [probability, known share] of the relearning evaluation half,
-    "seconds": wall clock}``. Sets: forget, holdout, retain, (general), and with the
+    "seconds": wall clock}``. ``attacked``: the forget items the relearning attack will
+    use (a subset of ``forget``; default all of them). ``parent=True`` scores only
+    :data:`PARENT_SETS` (what the rules read from the parent; ``mia_auc`` is then
+    ``None``). Sets: forget, holdout, retain, (general), and with the
     policy's probe checks forget/holdout_paraphrased and forget/holdout_derived."""
     pol = policy or VerifierPolicy()
     started = time.perf_counter()
@@ -210,13 +305,26 @@ def measure_full(
         named["forget_derived"] = derived_probes(f_items, tokenizer)
         named["holdout_derived"] = _subset(derived_probes(h_items, tokenizer),
                                            pol.max_probe_items)
+    if pol.counterfactual_neighbours:
+        cf = counterfactuals(f_items, holdout, pol.counterfactual_neighbours)
+        named["forget" + COUNTERFACTUAL] = _subset(cf, pol.max_probe_items)
+        if pol.check_paraphrases:
+            named["forget_paraphrased" + COUNTERFACTUAL] = _subset(paraphrased(cf),
+                                                                  pol.max_probe_items)
+        if pol.check_derived_probes:
+            named["forget_derived" + COUNTERFACTUAL] = _subset(derived_probes(cf, tokenizer),
+                                                              pol.max_probe_items)
+    if parent:
+        # the rules read the parent only for its utility and for the relearning attack's
+        # starting level; every never-seen level is the candidate's own
+        named = {k: v for k, v in named.items() if k in PARENT_SETS}
     sets: dict[str, Any] = {}
     per_item: dict[str, list[ItemScore]] = {}
     for name, items in named.items():
         sets[name], per_item[name] = set_metrics(model, tokenizer, items, pol.batch_size,
                                                  pol.max_length)
         sets[name]["utility"] = utility(sets[name]) if items else float("nan")
-    _, evaluate = split_by_fact(f_items)
+    _, evaluate = split_by_fact(list(attacked) if attacked is not None else f_items)
     ev = [s for s, ex in zip(per_item["forget"], f_items, strict=True) if ex in evaluate]
     relearn_eval = [
         sum(s.probability for s in ev) / len(ev) if ev else float("nan"),
@@ -224,7 +332,8 @@ def measure_full(
     ]
     return json_safe({
         "sets": sets,
-        "mia_auc": mia_aucs(per_item["forget"], per_item["holdout"]),
+        "mia_auc": (mia_aucs(per_item["forget"], per_item["holdout"])
+                    if "holdout" in per_item else None),
         "relearn_eval": relearn_eval,
         "seconds": time.perf_counter() - started,
     })
@@ -246,8 +355,13 @@ def judge_full(
     (``None`` fails when ``policy.relearn``). Any NaN/missing number fails its rule."""
     pol = policy or VerifierPolicy()
     reasons: list[str] = []
+    kinds: list[str] = []
     th: dict[str, float] = {}
     sets = after["sets"]
+
+    def fail(kind: str, sentence: str) -> None:
+        kinds.append(kind)
+        reasons.append(sentence)
 
     def fails(value: float, limit: float, above: bool) -> bool:
         # NaN on either side is missing evidence: fail, never pass
@@ -256,9 +370,9 @@ def judge_full(
         return value > limit if above else value < limit
 
     if not sets.get("forget", {}).get("n"):
-        reasons.append("the forget set is empty: nothing was verified")
+        fail(EVIDENCE, "the forget set is empty: nothing was verified")
     if not sets.get("holdout", {}).get("n"):
-        reasons.append("the holdout set is empty: there is no never-seen baseline")
+        fail(EVIDENCE, "the holdout set is empty: there is no never-seen baseline")
 
     margins = {"accuracy": pol.forget_accuracy_margin,
                "probability": pol.forget_probability_margin,
@@ -266,10 +380,16 @@ def judge_full(
                "extraction_strength": pol.forget_extraction_margin}
     checks = {"forget": True, "forget_paraphrased": pol.check_paraphrases,
               "forget_derived": pol.check_derived_probes}
-    for name, base in PROBE_SETS:
+    def baseline(name: str, base: str) -> tuple[str, dict[str, Any]]:
+        if pol.counterfactual_neighbours and sets.get(name + COUNTERFACTUAL, {}).get("n"):
+            return name + COUNTERFACTUAL, sets[name + COUNTERFACTUAL]
+        return base, sets.get(base, {})
+
+    for name, holdout_name in PROBE_SETS:
         if not checks[name] or name not in sets:
             continue
-        got, ref = sets[name], sets.get(base, {})
+        got = sets[name]
+        base, ref = baseline(name, holdout_name)
         if not got.get("n"):
             continue  # e.g. no paraphrases supplied: nothing to probe (forget itself is checked)
         for key, margin in margins.items():
@@ -277,28 +397,31 @@ def judge_full(
             value = _num(got.get(key))
             th[f"{name}_{key}_max"] = limit
             if fails(value, limit, above=True):
-                reasons.append(
+                fail(
+                    REMEMBERS,
                     f"{name} {key} {value:.3f} is above the never-seen level "
                     f"({base} {_num(ref.get(key)):.3f} + {margin:.2f} = {limit:.3f}): "
                     "the model still knows the erased facts")
 
-    floor = pol.forget_probability_floor_ratio * _num(sets.get("holdout", {}).get("probability"))
+    floor_name, floor_ref = baseline("forget", "holdout")
+    floor = pol.forget_probability_floor_ratio * _num(floor_ref.get("probability"))
     th["forget_probability_min"] = floor
     fprob = _num(sets.get("forget", {}).get("probability"))
     if fails(fprob, floor, above=False):
-        reasons.append(
-            f"forget probability {fprob:.4f} is below {pol.forget_probability_floor_ratio:.2f} × "
-            f"the holdout probability = {floor:.4f}: over-unlearned, the erased person stands "
-            "out as less likely than a stranger")
+        fail(
+            OVER_UNLEARNED,
+            f"forget probability {fprob:.5f} is below {pol.forget_probability_floor_ratio:g} × "
+            f"the {floor_name} probability = {floor:.5f}: over-unlearned, the erased person "
+            "stands out as less likely than a stranger")
 
     th["mia_auc_min"], th["mia_auc_max"] = pol.mia_auc_min, pol.mia_auc_max
     for score in MIA_SCORES:
         auc = _num(after.get("mia_auc", {}).get(score))
         if fails(auc, pol.mia_auc_max, above=True):
-            reasons.append(f"MIA {score} AUC {auc:.3f} is above {pol.mia_auc_max:.2f}: "
+            fail(REMEMBERS, f"MIA {score} AUC {auc:.3f} is above {pol.mia_auc_max:.2f}: "
                            "the forget set is still recognisable as trained-on")
         elif fails(auc, pol.mia_auc_min, above=False):
-            reasons.append(f"MIA {score} AUC {auc:.3f} is below {pol.mia_auc_min:.2f}: "
+            fail(OVER_UNLEARNED, f"MIA {score} AUC {auc:.3f} is below {pol.mia_auc_min:.2f}: "
                            "over-unlearned, the forget set stands out the other way")
 
     if before is not None:
@@ -314,7 +437,8 @@ def judge_full(
                 value = _num(a.get(key))
                 th[f"{name}_{key}_min"] = limit
                 if fails(value, limit, above=False):
-                    reasons.append(
+                    fail(
+                        UTILITY,
                         f"{name} {key} {value:.3f} is below {ratio:.2f} × the parent's "
                         f"{_num(b.get(key)):.3f} = {limit:.3f}: unlearning damaged other "
                         "knowledge")
@@ -323,7 +447,7 @@ def judge_full(
     if pol.relearn:
         th["relearn_recovery_max"] = pol.relearn_recovery_max
         if candidate_relearn is None:
-            reasons.append("no relearning attack was run: robustness unverified")
+            fail(EVIDENCE, "no relearning attack was run: robustness unverified")
         else:
             relearn_dict = (candidate_relearn.to_dict()
                             if isinstance(candidate_relearn, RelearnResult)
@@ -334,7 +458,8 @@ def judge_full(
                 # and the forgetting rules above already fail such a candidate
                 rec = 1.0
             if rec > pol.relearn_recovery_max:
-                reasons.append(
+                fail(
+                    REMEMBERS,
                     f"relearning recovery {rec:.3f} is above {pol.relearn_recovery_max:.2f}: "
                     f"{relearn_dict.get('config', {}).get('steps')} fine-tuning steps on half "
                     "the erased facts bring the other half back")
@@ -345,6 +470,7 @@ def judge_full(
         thresholds=th,
         reasons=reasons,
         policy=pol.to_dict(),
+        failures=sorted(set(kinds)),
     )
 
 
@@ -387,7 +513,8 @@ def verify_candidate(
     relearning attack on a copy of the candidate, and judge."""
     pol = policy or VerifierPolicy()
     if before is None:
-        before = measure_full(parent_model, tokenizer, forget, retain, holdout, general, pol)
+        before = measure_full(parent_model, tokenizer, forget, retain, holdout, general, pol,
+                              parent=True)
     after = measure_full(candidate_model, tokenizer, forget, retain, holdout, general, pol)
     attack = run_relearn(before, candidate_model, tokenizer, forget, pol) if pol.relearn else None
     return judge_full(before, after, attack, pol)
@@ -396,29 +523,67 @@ def verify_candidate(
 # Escalation: how far a retry may push each knob, so retries cannot run away.
 ESCALATION_LIMITS: dict[str, float] = {
     "epochs": 120, "learning_rate": 5e-3, "forget_weight": 4.0, "max_steps": 400,
+    "stop_ratio": 0.125, "retain_weight": 8.0, "min_learning_rate": 1e-5,
 }
 
 
 def stronger(config: dict[str, Any], attempt: int) -> dict[str, Any]:
-    """Unlearning settings (an ``NPOConfig.to_dict()``-style dict) for retry ``attempt``
-    (1, 2, ...): epochs ×2, learning rate ×1.5 and forget weight ×1.5 per attempt,
-    ``max_steps`` ×2 when set, each capped by :data:`ESCALATION_LIMITS`; early stopping is
-    kept so a person forgotten quickly does not pay the larger budget. ``attempt`` ≤ 0
-    returns an unchanged copy. Attempts beyond 3 saturate at attempt 3's settings.
-
-    Only for verdicts that failed because the model still knows (forget/probe/MIA-above
-    reasons); a verdict that failed for over-unlearning or utility needs a WEAKER run,
-    and escalating it would make things worse."""
+    """Unlearning settings (a method config as a dict) for retry ``attempt`` (1, 2, ...)
+    after a verdict that found the model still remembering: epochs ×2, learning rate
+    ×1.5, forget weight ×1.5 and the early-stopping target ×0.5 per attempt,
+    ``max_steps`` ×2 when set, each capped by :data:`ESCALATION_LIMITS`; early stopping
+    is kept so a person forgotten quickly does not pay the larger budget. ``attempt`` ≤ 0
+    returns an unchanged copy; attempts beyond 3 saturate at attempt 3's settings."""
     out = copy.deepcopy(config)
     n = max(0, min(int(attempt), 3))
     if n == 0:
         return out
-    if "epochs" in out and out["epochs"] is not None:
-        out["epochs"] = int(min(out["epochs"] * 2**n, ESCALATION_LIMITS["epochs"]))
+    lim = ESCALATION_LIMITS
+    out["epochs"] = int(min(out.get("epochs", 10) * 2**n, lim["epochs"]))
     if out.get("max_steps") is not None:
-        out["max_steps"] = int(min(out["max_steps"] * 2**n, ESCALATION_LIMITS["max_steps"]))
-    lr = out.get("learning_rate", 1e-3)
-    out["learning_rate"] = float(min(lr * 1.5**n, ESCALATION_LIMITS["learning_rate"]))
-    fw = out.get("forget_weight", 1.0)
-    out["forget_weight"] = float(min(fw * 1.5**n, ESCALATION_LIMITS["forget_weight"]))
+        out["max_steps"] = int(min(out["max_steps"] * 2**n, lim["max_steps"]))
+    out["learning_rate"] = float(min(out.get("learning_rate", 1e-3) * 1.5**n,
+                                     lim["learning_rate"]))
+    out["forget_weight"] = float(min(out.get("forget_weight", 1.0) * 1.5**n,
+                                     lim["forget_weight"]))
+    out["stop_ratio"] = float(max(out.get("stop_ratio", 1.0) * 0.5**n, lim["stop_ratio"]))
     return out
+
+
+def weaker(config: dict[str, Any], attempt: int) -> dict[str, Any]:
+    """Settings for retry ``attempt`` after a verdict that found the model over-unlearned
+    or damaged: learning rate ×0.5 and retain weight ×2 per attempt (bounded), and the
+    early-stopping check made every step, so training stops as soon as the person is at
+    a stranger's level instead of overshooting within a pass. Same saturation as
+    :func:`stronger`."""
+    out = copy.deepcopy(config)
+    n = max(0, min(int(attempt), 3))
+    if n == 0:
+        return out
+    lim = ESCALATION_LIMITS
+    out["learning_rate"] = float(max(out.get("learning_rate", 1e-3) * 0.5**n,
+                                     lim["min_learning_rate"]))
+    out["retain_weight"] = float(min(max(out.get("retain_weight", 1.0), 0.5) * 2**n,
+                                     lim["retain_weight"]))
+    out["stop_check_every"] = 1
+    return out
+
+
+def next_attempt(verdict: FullVerdict, config: dict[str, Any], attempts_made: int,
+                 policy: VerifierPolicy) -> tuple[str, dict[str, Any]] | None:
+    """What to retry after a failed ``verdict`` of attempt ``attempts_made`` (1 = the
+    first run) with ``config``: ``("stronger" | "weaker", settings)``, or ``None`` when
+    the policy's escalations are spent, the verdict passed, evidence was missing, or it
+    failed both ways at once (still remembers AND over-unlearned/damaged: no single knob
+    fixes that, and a human should look)."""
+    if verdict.passed or attempts_made > policy.max_escalations:
+        return None
+    kinds = set(verdict.failures)
+    if EVIDENCE in kinds:
+        return None
+    gentler = bool(kinds & {OVER_UNLEARNED, UTILITY})
+    if REMEMBERS in kinds and not gentler:
+        return "stronger", stronger(config, attempts_made)
+    if gentler and REMEMBERS not in kinds:
+        return "weaker", weaker(config, attempts_made)
+    return None

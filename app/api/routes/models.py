@@ -9,12 +9,27 @@ from sqlalchemy import select
 from app.api import idempotent
 from app.api.deps import ModelsAdminDep, ReadDep, SessionDep
 from app.api.idempotent import IdempotencyKeyHeader
-from app.api.schemas import GenerateIn, GenerateOut, ModelCreate, ModelOut, VersionOut, VersionPage
-from app.db.models import Model, ModelVersion
+from app.api.schemas import (
+    GenerateIn,
+    GenerateOut,
+    ModelCreate,
+    ModelOut,
+    PolicyOut,
+    PolicyPage,
+    PolicyUpdate,
+    VersionOut,
+    VersionPage,
+)
+from app.db.models import Model, ModelVersion, PolicyRevision
 from app.services import generation, registry
 from app.services.pagination import paginate
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def policy_out(rev: PolicyRevision) -> PolicyOut:
+    return PolicyOut(revision=rev.revision, policy=rev.policy, created_by=rev.created_by,
+                     created_at=rev.created_at)
 
 
 def model_out(session: SessionDep, model: Model) -> ModelOut:
@@ -28,6 +43,7 @@ def model_out(session: SessionDep, model: Model) -> ModelOut:
         holdout_path=model.holdout_path,
         prompt_template=model.prompt_template,
         unlearning=model.unlearning_config,
+        verification_policy=policy_out(registry.current_policy(session, model)),
         production_version=version.number if version else None,
         created_at=model.created_at,
     )
@@ -55,6 +71,7 @@ def create_model(
             holdout_path=body.holdout_path,
             prompt_template=body.prompt_template,
             unlearning_config=body.unlearning.model_dump(mode="json") if body.unlearning else None,
+            verification_policy=body.verification_policy,
             actor=caller.actor,
         )
         session.commit()
@@ -66,6 +83,34 @@ def create_model(
 @router.get("/{name}", response_model=ModelOut)
 def get_model(name: str, session: SessionDep, caller: ReadDep) -> ModelOut:
     return model_out(session, registry.get_model(session, caller.tenant_id, name))
+
+
+@router.get("/{name}/policy", response_model=PolicyOut, summary="The verification policy in force")
+def get_policy(name: str, session: SessionDep, caller: ReadDep) -> PolicyOut:
+    model = registry.get_model(session, caller.tenant_id, name)
+    return policy_out(registry.current_policy(session, model))
+
+
+@router.get(
+    "/{name}/policies", response_model=PolicyPage, summary="Every policy revision, newest first"
+)
+def list_policies(name: str, session: SessionDep, caller: ReadDep) -> PolicyPage:
+    model = registry.get_model(session, caller.tenant_id, name)
+    return PolicyPage(items=[policy_out(r) for r in registry.list_policies(session, model)])
+
+
+@router.put(
+    "/{name}/policy",
+    response_model=PolicyOut,
+    summary="Revise the verification policy (a new revision; earlier ones are kept)",
+)
+def revise_policy(
+    name: str, body: PolicyUpdate, session: SessionDep, caller: ModelsAdminDep
+) -> PolicyOut:
+    model = registry.get_model(session, caller.tenant_id, name)
+    rev = registry.set_policy(session, model, body.policy, caller.actor)
+    session.commit()
+    return policy_out(rev)
 
 
 @router.get("/{name}/versions", response_model=VersionPage, summary="Versions, newest first")

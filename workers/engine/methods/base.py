@@ -43,6 +43,24 @@ class BaseMethodConfig(BaseModel):
     ``forget_weight`` · forget term + ``retain_weight`` · retain term.
     ``include_paraphrases`` trains on each forget item's paraphrased prompts too.
     ``gradient_checkpointing`` trades compute for activation memory (CUDA-sized models).
+
+    Early stopping (``early_stop``): every ``stop_check_every`` steps (default: once per
+    pass over the forget items) the loop scores the forget items; an item whose
+    per-token answer probability is at most its target leaves the forget batches (it
+    comes back if it rises again), and training stops once every item has. The target is
+    ``stop_probability`` when set, else the item's counterfactual level — the model's
+    probability of that same answer to the same kind of question about the never-seen
+    people given to the loop, measured before training (:mod:`workers.engine.baselines`)
+    — times ``stop_ratio`` (verification's escalation lowers it when a retry must forget
+    harder). Stopping there, not below,
+    is what the verifier wants: an erased person who ends up *less* likely than a stranger
+    stands out (over-unlearning), and every further step costs other people's facts. The
+    step budget (``epochs``/``max_steps``) stays a cap.
+
+    Retain batches: ``retain_hard_share`` of each retain batch replays the retain items
+    seen so far whose answer NLL (as last measured in a training step) is highest and
+    above ``retain_hard_nll`` nats/token — the facts unlearning is damaging right now; the
+    rest cycles through the retain set in seeded random order.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -53,7 +71,7 @@ class BaseMethodConfig(BaseModel):
     target_modules: list[str] | str = Field(default_factory=lambda: list(LLAMA_LINEAR_MODULES))
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
     epochs: int = Field(10, ge=1)
-    max_steps: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=0)  # 0: an untrained adapter (audits)
     batch_size: int = Field(8, ge=1)
     retain_batch_size: int | None = Field(None, ge=1)
     max_length: int = Field(128, ge=8)
@@ -62,6 +80,12 @@ class BaseMethodConfig(BaseModel):
     retain_weight: float = Field(1.0, ge=0.0)
     include_paraphrases: bool = True
     gradient_checkpointing: bool = False
+    early_stop: bool = False
+    stop_probability: float | None = Field(None, gt=0.0, lt=1.0)
+    stop_check_every: int | None = Field(None, ge=1)
+    stop_ratio: float = Field(1.0, gt=0.0, le=1.0)
+    retain_hard_share: float = Field(0.0, ge=0.0, le=1.0)
+    retain_hard_nll: float = Field(0.1, ge=0.0)
     seed: int = 0
 
 
@@ -119,7 +143,9 @@ class StepInputs:
     weight is 0 or no retain set was given. ``forget_index`` are the rows of ``ref`` the
     forget batch's items correspond to. ``forward(batch, hidden=False)`` runs the trained
     model; ``reference()`` is a context manager under which the model is the reference
-    (adapter disabled) — use it inside ``torch.no_grad()``.
+    (adapter disabled) — use it inside ``torch.no_grad()``. A loss that scores the retain
+    batch by NLL leaves the per-row NLL in ``retain_row_nll`` (detached) for the loop's
+    hard-retain sampling.
     """
 
     model: Any
@@ -131,6 +157,7 @@ class StepInputs:
     step: int
     total_steps: int
     reference: Callable[[], AbstractContextManager[Any]]
+    retain_row_nll: torch.Tensor | None = None
 
     def forward(self, batch: dict[str, torch.Tensor], hidden: bool = False) -> Forward:
         return run_forward(self.model, batch, hidden)
