@@ -336,13 +336,16 @@ def run_tofu(
 
         forget_ex = [template.example(r["question"], r["answer"]) for r in sets.forget]
         retain_ex = [template.example(r["question"], r["answer"]) for r in sets.retain]
+        # never-trained authors: early stopping's counterfactual (stranger) level
+        holdout_ex = [template.example(r["question"], r["answer"]) for r in sets.holdout]
         by_method: dict[str, dict[str, Any]] = {}
         for name in methods:
             config = parse_method_config({"method": name, **(method_overrides or {})})
             candidate = copy.deepcopy(original)
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(work_dir) / f"adapter-{name}" if work_dir else Path(tmp) / "adapter"
-                result = run_unlearning(candidate, tokenizer, forget_ex, retain_ex, config, out)
+                result = run_unlearning(candidate, tokenizer, forget_ex, retain_ex, config, out,
+                                        holdout=holdout_ex)
             say(f"unlearned ({name}) in {result.seconds:.1f}s, {result.steps} steps")
             s_unl, tr_unl = score_model(result.model, tokenizer, sets, template)
             by_method[name] = {
@@ -351,6 +354,8 @@ def run_tofu(
                 "mia_auc": s_unl.mia_auc,
                 "unlearn_seconds": result.seconds,
                 "unlearn_steps": result.steps,
+                "stopped_early": result.stopped_early,
+                "adapter_scale": result.adapter_scale,
                 "scores": asdict(s_unl),
                 "method_config": result.config,
             }
