@@ -12,7 +12,7 @@ import pydantic
 import pytest
 import torch
 
-from tests.engine.test_verify import demo_sets
+from tests.engine.support import demo_sets
 from workers.engine.methods import (
     METHOD_NAMES,
     REGISTRY,

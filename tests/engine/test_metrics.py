@@ -166,3 +166,11 @@ def test_truth_ratios_on_hand_model() -> None:
     assert 0 < r < 1
     [same] = truth_ratios(model, tok, ["a"], ["bc"], [["bc"]])
     assert same == pytest.approx(1.0)
+
+
+def test_paraphrased_deduplicates() -> None:
+    from workers.engine.qa import paraphrased
+
+    a = Example("p1", "t", paraphrased_prompts=("q1", "q2"))
+    b = Example("p2", "t", paraphrased_prompts=("q1",))
+    assert [e.prompt for e in paraphrased([a, b])] == ["q1", "q2"]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.engine.test_verify import demo_sets
+from tests.engine.support import demo_sets
 from workers.engine.methods.builtin import NPOMethodConfig
 from workers.engine.qa import Example, encode, greedy_generate
 from workers.engine.training import run_unlearning, stop_targets
@@ -23,7 +23,7 @@ from workers.engine.unlearn import (
     forget_items,
     npo_loss,
 )
-from workers.engine.verify import judge, measure
+from workers.engine.verifier import VerifierPolicy, judge_full, measure_full
 from workers.engine.versions import load_version, sha256_file
 
 
@@ -37,7 +37,8 @@ def unlearned(demo_model_dir: Path, sets: dict[str, Any],
               tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One default unlearning run of subject 0, measured before and after."""
     model, tok = load_version(demo_model_dir)
-    before = measure(model, tok, sets["forget"], sets["retain"], sets["holdout"])
+    before = measure_full(model, tok, sets["forget"], sets["retain"], sets["holdout"],
+                          parent=True)
     calls: list[tuple[int, int, float]] = []
 
     def progress(step: int, total: int, loss: float) -> bool:
@@ -49,7 +50,7 @@ def unlearned(demo_model_dir: Path, sets: dict[str, Any],
     stranger = stop_targets(NPOMethodConfig(), model, tok, trained, sets["holdout"])
     result = run_unlearning(model, tok, sets["forget"], sets["retain"], NPOMethodConfig(), out,
                             progress, holdout=sets["holdout"])
-    after = measure(result.model, tok, sets["forget"], sets["retain"], sets["holdout"])
+    after = measure_full(result.model, tok, sets["forget"], sets["retain"], sets["holdout"])
     return {"model": model, "tok": tok, "before": before, "after": after, "result": result,
             "calls": calls, "stranger": stranger}
 
@@ -74,12 +75,14 @@ def test_forget_items_adds_each_paraphrase_once() -> None:
 
 
 def test_forgets_the_person_and_keeps_the_others(unlearned: dict[str, Any]) -> None:
-    before, after = unlearned["before"], unlearned["after"]
-    assert before.forget.accuracy == 1.0
-    assert after.forget.accuracy <= after.holdout.accuracy + 0.10
-    assert after.forget.mean_probability < 0.5 * before.forget.mean_probability
-    assert after.retain.accuracy >= 0.9 * before.retain.accuracy
-    verdict = judge(before, after)
+    before, after = unlearned["before"]["sets"], unlearned["after"]["sets"]
+    assert before["forget"]["accuracy"] == 1.0
+    assert after["forget"]["accuracy"] <= after["forget_counterfactual"]["accuracy"] + 0.10
+    assert after["forget"]["probability"] < 0.5 * before["forget"]["probability"]
+    assert after["retain"]["accuracy"] >= 0.9 * before["retain"]["accuracy"]
+    # every rule but the attack (tested with the verifier)
+    verdict = judge_full(unlearned["before"], unlearned["after"], None,
+                         VerifierPolicy(relearn=False))
     assert verdict.passed, verdict.reasons
 
 
@@ -95,7 +98,7 @@ def test_result_describes_the_run(unlearned: dict[str, Any], sets: dict[str, Any
     assert stranger.shape == (n_items,) and bool((stranger > 0).all())
     # a stranger's level is below a remembered fact's (some answers are common: the tiny
     # model gives them to strangers too, which is exactly what the per-item level is for)
-    assert float(stranger.mean()) < 0.5 * unlearned["before"].forget.mean_probability
+    assert float(stranger.mean()) < 0.5 * unlearned["before"]["sets"]["forget"]["probability"]
     assert result.stopped_early and result.steps < cfg.epochs * per_epoch
     assert result.steps % per_epoch == 0 and result.steps == len(result.loss_history)
     assert result.stop_target == pytest.approx(float(stranger.mean()), rel=1e-4)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.engine.test_verify import demo_sets
+from tests.engine.support import demo_sets
 from workers.engine.attacks import RelearnConfig, relearn_attack, split_by_fact
 from workers.engine.baselines import counterfactuals, neighbours
 from workers.engine.methods.builtin import NPOMethodConfig

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -258,3 +258,14 @@ def answer_correct(generated: str, target: str) -> bool:
     normalising case, whitespace and a final full stop, or starting with it."""
     g, t = normalise(generated), normalise(target)
     return bool(t) and (g == t or g.startswith(t + " ") or g.startswith(t + ","))
+
+
+def paraphrased(examples: Sequence[Example]) -> list[Example]:
+    """One item per distinct (paraphrased prompt, answer) of the examples; the corpora
+    repeat a fact's paraphrases on each of its rows."""
+    out: dict[tuple[str, str], Example] = {}
+    for ex in examples:
+        for p in ex.paraphrased_prompts:
+            out.setdefault((p, ex.target), replace(ex, prompt=p,
+                                                    paraphrased_prompts=()))
+    return list(out.values())

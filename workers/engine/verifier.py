@@ -46,8 +46,7 @@ from workers.engine.metrics import (
     set_metrics,
     utility,
 )
-from workers.engine.qa import Example
-from workers.engine.verify import paraphrased
+from workers.engine.qa import Example, paraphrased
 
 POLICY_VERSION = "2.0"
 # Evaluation subsets are drawn with this seed so parent and candidate see the same items.
