@@ -15,7 +15,7 @@ import torch
 from tests.engine.support import demo_sets
 from workers.engine.methods.builtin import NPOMethodConfig
 from workers.engine.qa import Example, encode, greedy_generate
-from workers.engine.training import run_unlearning, stop_targets
+from workers.engine.training import forget_batch_size, run_unlearning, stop_targets
 from workers.engine.unlearn import (
     ADAPTER_WEIGHTS,
     Cancelled,
@@ -90,7 +90,8 @@ def test_result_describes_the_run(unlearned: dict[str, Any], sets: dict[str, Any
     result: UnlearnResult = unlearned["result"]
     cfg = NPOMethodConfig()
     n_items = len(forget_items(sets["forget"], cfg.include_paraphrases))
-    per_epoch = math.ceil(n_items / cfg.batch_size)
+    per_epoch = math.ceil(n_items / forget_batch_size(cfg, n_items))
+    assert per_epoch <= cfg.forget_steps_per_pass
     assert result.n_forget == n_items == 20 and result.n_retain == len(sets["retain"])
     # stopped at the end of a pass, once every answer was no more likely than the same
     # answer to the same kind of question about a stranger (measured on the parent)
@@ -187,3 +188,11 @@ def test_rejects_empty_sets(demo_model_dir: Path, sets: dict[str, Any], tmp_path
         run_unlearning(model, tok, [], sets["retain"], NPOMethodConfig(), tmp_path)
     with pytest.raises(ValueError):
         run_unlearning(model, tok, sets["forget"], [], NPOMethodConfig(), tmp_path)
+
+
+def test_forget_batch_grows_with_the_batch_of_people() -> None:
+    cfg = NPOMethodConfig()
+    assert forget_batch_size(cfg, 20) == 8  # one person: the configured batch
+    assert forget_batch_size(cfg, 200) == 50  # ten: a pass still takes four steps
+    assert forget_batch_size(cfg, 1000) == 64  # fifty: bounded by max_batch_size
+    assert forget_batch_size(NPOMethodConfig(forget_steps_per_pass=None), 1000) == 8

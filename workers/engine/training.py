@@ -56,6 +56,18 @@ FALLBACK_STOP_PROBABILITY = 0.15
 STOP_NEIGHBOURS = 4
 
 
+def forget_batch_size(cfg: BaseMethodConfig, n_items: int) -> int:
+    """Forget items per step: ``batch_size``, grown to ``ceil(n_items /
+    forget_steps_per_pass)`` when that is set, capped at ``max_batch_size``. A batch of
+    many people then costs a few larger steps per pass instead of many small ones, and
+    the retain batch (the same size whatever the batch) is paid once per step: the cost
+    per erased person falls as the batch grows."""
+    size = cfg.batch_size
+    if cfg.forget_steps_per_pass:
+        size = max(size, math.ceil(n_items / cfg.forget_steps_per_pass))
+    return max(1, min(size, cfg.max_batch_size))
+
+
 def stop_targets(cfg: BaseMethodConfig, model: Any, tokenizer: Any, items: Sequence[Example],
                  holdout: Sequence[Example] | None) -> torch.Tensor | None:
     """Early stopping's per-item answer-probability targets for the trained forget
@@ -226,7 +238,8 @@ def run_unlearning(
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
 
-    steps_per_epoch = math.ceil(len(items) / cfg.batch_size)
+    forget_bs = forget_batch_size(cfg, len(items))
+    steps_per_epoch = math.ceil(len(items) / forget_bs)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
     check_every = cfg.stop_check_every or steps_per_epoch
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -247,7 +260,7 @@ def run_unlearning(
         peft_model.train()
         while step < total:
             step += 1
-            idx = [next(forget_order) for _ in range(min(cfg.batch_size, len(items)))]
+            idx = [next(forget_order) for _ in range(min(forget_bs, len(items)))]
             fbatch = to_device(encode(tokenizer, [items[i] for i in idx], cfg.max_length), device)
             abatch = (to_device(encode(tokenizer, [alts[i] for i in idx], cfg.max_length), device)
                       if alts is not None else None)

@@ -38,7 +38,9 @@ class BaseMethodConfig(BaseModel):
     Training: AdamW at a constant ``learning_rate`` (no weight decay), gradients clipped
     to ``max_grad_norm`` (L2, 0 = off); ``max_steps`` optimiser steps when set, else
     ``epochs`` passes over the forget items (a pass = ceil(n_forget / batch_size) steps).
-    ``batch_size`` forget items and ``retain_batch_size`` (default ``batch_size``) retain
+    ``batch_size`` forget items (grown so that a pass takes at most
+    ``forget_steps_per_pass`` steps when that is set, never above ``max_batch_size``,
+    which bounds memory) and ``retain_batch_size`` (default ``batch_size``) retain
     items per step; ``max_length`` in tokens (prompt + answer). Loss =
     ``forget_weight`` · forget term + ``retain_weight`` · retain term.
     ``include_paraphrases`` trains on each forget item's paraphrased prompts too.
@@ -73,6 +75,8 @@ class BaseMethodConfig(BaseModel):
     epochs: int = Field(10, ge=1)
     max_steps: int | None = Field(None, ge=0)  # 0: an untrained adapter (audits)
     batch_size: int = Field(8, ge=1)
+    forget_steps_per_pass: int | None = Field(None, ge=1)
+    max_batch_size: int = Field(64, ge=1)
     retain_batch_size: int | None = Field(None, ge=1)
     max_length: int = Field(128, ge=8)
     max_grad_norm: float = Field(1.0, ge=0.0)
