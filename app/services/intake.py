@@ -4,6 +4,8 @@ audit event in one transaction; the scheduler then batches it into a job."""
 from __future__ import annotations
 
 import calendar
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -11,10 +13,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import new_id, utcnow
-from app.db.models import ErasureRequest, JobStatus, RequestStatus, UnlearningJob
+from app.db.models import ErasureRequest, JobStatus, Model, RequestStatus, UnlearningJob
 from app.observability import correlation_id
-from app.services import audit, privacy, registry, scheduling
-from app.services.errors import Conflict, InvalidInput, NotFound
+from app.services import audit, privacy, scheduling
+from app.services.errors import Conflict, InvalidInput, LetheError, NotFound
 
 
 def add_months(moment: datetime, months: int) -> datetime:
@@ -24,6 +26,19 @@ def add_months(moment: datetime, months: int) -> datetime:
     year, month = moment.year + index // 12, index % 12 + 1
     day = min(moment.day, calendar.monthrange(year, month)[1])
     return moment.replace(year=year, month=month, day=day)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """An erasure request as the caller filed it, not yet stored."""
+
+    tenant_id: str
+    model_name: str
+    subject_id: str
+    forget: list[dict[str, Any]]
+    actor: str
+    unlearning_config: dict[str, Any] | None = None
+    correlation_id: str | None = None
 
 
 def submit_erasure_request(
@@ -36,39 +51,81 @@ def submit_erasure_request(
     actor: str,
     unlearning_config: dict[str, Any] | None = None,
 ) -> ErasureRequest:
-    if not forget:
-        raise InvalidInput("forget must list at least one item")
-    model = registry.get_model(session, tenant_id, model_name)
-    received = utcnow()
-    request = ErasureRequest(
-        id=new_id(),
+    submission = Submission(
         tenant_id=tenant_id,
-        model_id=model.id,
-        subject_hash=privacy.subject_hash(subject_id),
-        item_count=len(forget),
-        forget_digests=[privacy.item_digest(item) for item in forget],
-        status=RequestStatus.received,
-        received_at=received,
-        due_at=add_months(received, 1),
-        correlation_id=correlation_id.get(),
+        model_name=model_name,
+        subject_id=subject_id,
+        forget=forget,
+        actor=actor,
         unlearning_config=unlearning_config,
+        correlation_id=correlation_id.get(),
     )
-    request.forget_ciphertext = privacy.encrypt_items(forget, request.id)
-    session.add(request)
+    (result,) = submit_erasure_requests(session, [submission])
+    if isinstance(result, LetheError):
+        raise result
+    return result
+
+
+def submit_erasure_requests(
+    session: Session, submissions: Sequence[Submission]
+) -> list[ErasureRequest | LetheError]:
+    """Store requests in the caller's transaction, each with its encrypted payload and its
+    ``request.received`` audit event. A request that cannot be filed (unknown model,
+    nothing to forget) gets its error in its place; the others are stored. Each tenant's
+    audit chain is advanced once for all of its requests (see :func:`audit.record_many`)."""
+    model_ids: dict[tuple[str, str], str | None] = {}
+    results: list[ErasureRequest | LetheError] = []
+    events: dict[str, list[audit.Event]] = {}
+    for sub in submissions:
+        if not sub.forget:
+            results.append(InvalidInput("forget must list at least one item"))
+            continue
+        key = (sub.tenant_id, sub.model_name)
+        if key not in model_ids:
+            # only the id is needed: cheaper than loading the model
+            model_ids[key] = session.scalar(
+                select(Model.id).where(
+                    Model.tenant_id == sub.tenant_id, Model.name == sub.model_name
+                )
+            )
+        model_id = model_ids[key]
+        if model_id is None:
+            results.append(NotFound(f"no model named {sub.model_name!r}"))
+            continue
+        received = utcnow()
+        request = ErasureRequest(
+            id=new_id(),
+            tenant_id=sub.tenant_id,
+            model_id=model_id,
+            subject_hash=privacy.subject_hash(sub.subject_id),
+            item_count=len(sub.forget),
+            forget_digests=[privacy.item_digest(item) for item in sub.forget],
+            status=RequestStatus.received,
+            received_at=received,
+            due_at=add_months(received, 1),
+            correlation_id=sub.correlation_id,
+            unlearning_config=sub.unlearning_config,
+        )
+        request.forget_ciphertext = privacy.encrypt_items(sub.forget, request.id)
+        session.add(request)
+        results.append(request)
+        events.setdefault(sub.tenant_id, []).append(
+            audit.Event(
+                "request.received",
+                "erasure_request",
+                request.id,
+                sub.actor,
+                {"model_id": model_id, "items": len(sub.forget)},
+            )
+        )
+    # the rows go in before any audit chain is locked, so the locks are held briefly;
+    # tenants in a fixed order, so two batches that share tenants cannot deadlock
     session.flush()
-    audit.record(
-        session,
-        tenant_id,
-        "request.received",
-        "erasure_request",
-        request.id,
-        actor,
-        model_id=model.id,
-        items=len(forget),
-    )
+    for tenant_id in sorted(events):
+        audit.record_many(session, tenant_id, events[tenant_id])
     # Scheduling is left out of this transaction (callers run scheduling.schedule_soon after
     # commit): it takes the model's row lock, which would serialise all intake of a model.
-    return request
+    return results
 
 
 def get_request(session: Session, tenant_id: str, request_id: str) -> ErasureRequest:

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import os
+from functools import lru_cache
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -45,13 +46,17 @@ def canonical_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+@lru_cache(maxsize=8)
+def _sealer(secret: bytes) -> tuple[bytes, AESGCM]:
+    """Key id and cipher of a secret, derived once rather than on every request."""
+    return key_id(secret), AESGCM(_subkey(secret, _PAYLOAD))
+
+
 def encrypt_items(items: list[dict[str, Any]], row_id: str) -> bytes:
-    secret = get_settings().resolved_secret_key()
+    kid, cipher = _sealer(get_settings().resolved_secret_key())
     nonce = os.urandom(12)
-    sealed = AESGCM(_subkey(secret, _PAYLOAD)).encrypt(
-        nonce, canonical_json(items), row_id.encode()
-    )
-    return _FORMAT + key_id(secret) + nonce + sealed
+    sealed = cipher.encrypt(nonce, canonical_json(items), row_id.encode())
+    return _FORMAT + kid + nonce + sealed
 
 
 def sealed_with_current_key(blob: bytes) -> bool:
@@ -73,9 +78,12 @@ def subject_hash(subject_id: str) -> str:
     """HMAC-SHA256 of the caller's subject id: stable for lookups, useless without the key."""
     settings = get_settings()
     secret = settings.subject_hash_key_bytes() or settings.resolved_secret_key()
-    return hmac.new(
-        _subkey(secret, b"lethe/subject-id"), subject_id.encode(), hashlib.sha256
-    ).hexdigest()
+    return hmac.new(_subject_key(secret), subject_id.encode(), hashlib.sha256).hexdigest()
+
+
+@lru_cache(maxsize=8)
+def _subject_key(secret: bytes) -> bytes:
+    return _subkey(secret, b"lethe/subject-id")
 
 
 def item_digest(item: dict[str, Any]) -> str:

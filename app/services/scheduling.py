@@ -4,6 +4,9 @@ one published; requests that arrive meanwhile wait for the next batch."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -39,6 +42,41 @@ def schedule_soon(model_id: str) -> None:
         started = schedule(session, model_id) if active is None else None
     if started is not None:
         dispatch.flush_outbox()
+
+
+# While requests keep coming, a model gets one scheduling pass per this many seconds from
+# each process rather than one per request: a job takes minutes, so the wait costs nothing.
+REPASS_AFTER_S = 0.1
+# model id → whether another pass is due when the running one ends (schedule_after_intake)
+_passes: dict[str, bool] = {}
+_passes_lock = threading.Lock()
+
+
+async def schedule_after_intake(model_id: str) -> None:
+    """:func:`schedule_soon` after an intake committed, coalesced per model in this
+    process. With no pass running, one runs at once. While one runs, the requests that
+    commit meanwhile ask for one more, which starts ``REPASS_AFTER_S`` after it and sees
+    them all. A pass that fails drops the ones asked for; the maintenance loop's next
+    round does their work."""
+    with _passes_lock:
+        if model_id in _passes:
+            _passes[model_id] = True
+            return
+        _passes[model_id] = False
+    try:
+        while True:
+            await asyncio.to_thread(schedule_soon, model_id)
+            with _passes_lock:
+                if not _passes[model_id]:
+                    del _passes[model_id]
+                    return
+            await asyncio.sleep(REPASS_AFTER_S)
+            with _passes_lock:
+                _passes[model_id] = False  # whoever commits from now on asks again
+    except BaseException:
+        with _passes_lock:
+            _passes.pop(model_id, None)
+        raise
 
 
 def schedule(session: Session, model_id: str) -> UnlearningJob | None:

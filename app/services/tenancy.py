@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
@@ -41,20 +42,53 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def authenticate(session: Session, presented: str) -> Principal | None:
-    """The principal a presented key stands for, or None for an unknown or revoked key."""
+# A key authenticated in this process is believed for this long without asking the
+# database again, so a revocation from elsewhere (another server process, a script) takes
+# effect within this many seconds; one through revoke_api_key in this process as soon as
+# it commits.
+KEY_CACHE_TTL_S = 5.0
+_KEY_CACHE_MAX = 10_000
+_key_cache: dict[str, tuple[Principal, float]] = {}  # SHA-256 of the key → (who, until)
+
+
+def _admin(presented: str) -> Principal | None:
     admin = get_settings().resolved_admin_key()
     if hmac.compare_digest(presented.encode(), admin.encode()):
         return Principal(DEFAULT_TENANT_ID, "admin-key", frozenset({Scope.admin.value}))
+    return None
+
+
+def authenticate_cached(presented: str) -> Principal | None:
+    """The principal for the admin key or for a key :func:`authenticate` accepted less
+    than ``KEY_CACHE_TTL_S`` ago; None means: ask :func:`authenticate`."""
+    admin = _admin(presented)
+    if admin is not None:
+        return admin
+    hit = _key_cache.get(_digest(presented))
+    if hit is not None and hit[1] > time.monotonic():
+        return hit[0]
+    return None
+
+
+def authenticate(session: Session, presented: str) -> Principal | None:
+    """The principal a presented key stands for, or None for an unknown or revoked key."""
+    admin = _admin(presented)
+    if admin is not None:
+        return admin
     parts = presented.split("_", 2)
     if len(parts) != 3 or parts[0] != KEY_PREFIX:
         return None
     key = session.scalar(select(ApiKey).where(ApiKey.prefix == parts[1]))
     if key is None or key.revoked_at is not None:
         return None
-    if not hmac.compare_digest(_digest(presented), key.key_sha256):
+    digest = _digest(presented)
+    if not hmac.compare_digest(digest, key.key_sha256):
         return None
-    return Principal(key.tenant_id, f"key:{key.id}", frozenset(key.scopes))
+    principal = Principal(key.tenant_id, f"key:{key.id}", frozenset(key.scopes))
+    if len(_key_cache) >= _KEY_CACHE_MAX:
+        _key_cache.clear()
+    _key_cache[digest] = (principal, time.monotonic() + KEY_CACHE_TTL_S)
+    return principal
 
 
 def create_tenant(session: Session, name: str, actor: str) -> Tenant:
@@ -115,4 +149,6 @@ def revoke_api_key(session: Session, tenant_id: str, key_id: str, actor: str) ->
     if key.revoked_at is None:
         key.revoked_at = utcnow()
         audit.record(session, tenant_id, "api_key.revoked", "api_key", key.id, actor)
+    # dropped once committed: before, a racing request could cache the key afresh
+    event.listen(session, "after_commit", lambda _: _key_cache.clear(), once=True)
     return key

@@ -1,11 +1,11 @@
 """Webhooks: per-tenant subscriptions to state-change events, signed per the Standard
 Webhooks scheme and delivered with exponential backoff and jitter for about three days.
 
-Events come from the audit log (:func:`app.services.audit.record` calls :func:`on_event`
-in the same transaction), so every state change a webhook reports is one that committed.
-The deliveries table is the durable queue; the maintenance loop hands due deliveries to
-the workers (Celery queue ``webhooks``) or, embedded, delivers them itself. Payloads are
-thin: ids and statuses, never personal data.
+Events come from the audit log (:func:`app.services.audit.record_many` calls
+:func:`on_events` in the same transaction), so every state change a webhook reports is one
+that committed. The deliveries table is the durable queue; the maintenance loop hands due
+deliveries to the workers (Celery queue ``webhooks``) or, embedded, delivers them itself.
+Payloads are thin: ids and statuses, never personal data.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import logging
 import random
 import secrets
 import time
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlparse
@@ -167,43 +168,36 @@ def replay(session: Session, tenant_id: str, delivery_id: str, actor: str) -> We
 # -- events ----------------------------------------------------------------------------
 
 
-def on_event(
-    session: Session,
-    tenant_id: str,
-    seq: int,
-    action: str,
-    entity_type: str,
-    entity_id: str,
-    at: str,
-    data: dict[str, Any],
-) -> None:
-    """Queue deliveries of one committed-with-the-caller state change."""
-    if action not in EVENT_TYPES:
+def on_events(session: Session, tenant_id: str, events: Sequence[Mapping[str, Any]]) -> None:
+    """Queue deliveries of state changes that commit with the caller: ``events`` are audit
+    event rows just written (one query for the tenant's endpoints, however many)."""
+    events = [e for e in events if e["action"] in EVENT_TYPES]
+    if not events:
         return
     endpoints = session.scalars(
         select(WebhookEndpoint).where(
             WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.enabled.is_(True)
         )
     ).all()
-    for endpoint in endpoints:
-        if action not in endpoint.event_types:
-            continue
-        message_id = f"msg_{tenant_id[:8]}{seq:012d}"
-        payload = {
-            "type": action,
-            "timestamp": at,
-            "data": {"id": entity_id, "object": entity_type, **data},
-        }
-        session.add(
-            WebhookDelivery(
-                tenant_id=tenant_id,
-                endpoint_id=endpoint.id,
-                message_id=message_id,
-                event_type=action,
-                payload=json.dumps(payload, separators=(",", ":")),
-                next_attempt_at=utcnow(),
+    for event in events:
+        for endpoint in endpoints:
+            if event["action"] not in endpoint.event_types:
+                continue
+            payload = {
+                "type": event["action"],
+                "timestamp": event["at"].isoformat(),
+                "data": {"id": event["entity_id"], "object": event["entity_type"], **event["data"]},
+            }
+            session.add(
+                WebhookDelivery(
+                    tenant_id=tenant_id,
+                    endpoint_id=endpoint.id,
+                    message_id=f"msg_{tenant_id[:8]}{event['seq']:012d}",
+                    event_type=event["action"],
+                    payload=json.dumps(payload, separators=(",", ":")),
+                    next_attempt_at=utcnow(),
+                )
             )
-        )
 
 
 # -- signing and delivery --------------------------------------------------------------

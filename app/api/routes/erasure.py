@@ -6,6 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from app.api import idempotent
 from app.api.deps import ReadDep, SessionDep, WriteDep
@@ -19,7 +20,9 @@ from app.api.schemas import (
 )
 from app.db.base import utcnow
 from app.db.models import ErasureRequest, Model, RequestStatus
+from app.observability import correlation_id
 from app.services import dispatch, intake, reports, scheduling
+from app.services.group_commit import committer
 from app.services.pagination import paginate
 
 router = APIRouter(prefix="/v1/erasure-requests", tags=["erasure requests"])
@@ -27,9 +30,13 @@ router = APIRouter(prefix="/v1/erasure-requests", tags=["erasure requests"])
 
 def request_out(session: SessionDep, request: ErasureRequest) -> ErasureRequestOut:
     model = session.get(Model, request.model_id)
+    return _out(request, model.name if model else "")
+
+
+def _out(request: ErasureRequest, model_name: str) -> ErasureRequestOut:
     return ErasureRequestOut(
         id=request.id,
-        model=model.name if model else "",
+        model=model_name,
         status=request.status,  # type: ignore[arg-type]
         item_count=request.item_count,
         received_at=request.received_at,
@@ -48,31 +55,45 @@ def request_out(session: SessionDep, request: ErasureRequest) -> ErasureRequestO
     response_model=ErasureRequestOut,
     summary="File an erasure request; it is unlearned, verified and published",
 )
-def create_request(
+async def create_request(
     body: ErasureRequestCreate,
-    session: SessionDep,
     caller: WriteDep,
     tasks: BackgroundTasks,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> JSONResponse:
-    def produce() -> ErasureRequestOut:
-        request = intake.submit_erasure_request(
-            session,
-            caller.tenant_id,
-            model_name=body.model,
-            subject_id=body.subject_id,
-            forget=[item.model_dump() for item in body.forget],
-            unlearning_config=body.unlearning.model_dump(mode="json") if body.unlearning else None,
-            actor=caller.actor,
+    # async: the request waits for its group commit without holding a worker thread
+    submission = intake.Submission(
+        tenant_id=caller.tenant_id,
+        model_name=body.model,
+        subject_id=body.subject_id,
+        forget=[item.model_dump() for item in body.forget],
+        actor=caller.actor,
+        unlearning_config=body.unlearning.model_dump(mode="json") if body.unlearning else None,
+        correlation_id=correlation_id.get(),
+    )
+    # batching and sending happen after the response, coalesced per model; a broker outage
+    # leaves the task in the outbox for the maintenance loop
+    if idempotency_key is None:
+        request = await committer.submit(submission)
+        tasks.add_task(scheduling.schedule_after_intake, request.model_id)
+        return JSONResponse(
+            _out(request, body.model).model_dump(mode="json"),
+            status_code=status.HTTP_202_ACCEPTED,
         )
-        session.commit()
-        # batching and sending happen after the response; a broker outage leaves the
-        # task in the outbox for the maintenance loop
-        tasks.add_task(scheduling.schedule_soon, request.model_id)
-        return request_out(session, request)
 
-    return idempotent.respond(
-        caller, idempotency_key, "/v1/erasure-requests", body, status.HTTP_202_ACCEPTED, produce
+    def produce() -> ErasureRequestOut:
+        request = committer.submit_blocking(submission)
+        tasks.add_task(scheduling.schedule_after_intake, request.model_id)
+        return _out(request, body.model)
+
+    return await run_in_threadpool(
+        idempotent.respond,
+        caller,
+        idempotency_key,
+        "/v1/erasure-requests",
+        body,
+        status.HTTP_202_ACCEPTED,
+        produce,
     )
 
 
