@@ -115,6 +115,19 @@ class QAItem(BaseModel):
 
     question: NonEmpty
     answer: NonEmpty
+    paraphrased_questions: list[NonEmpty] = Field(
+        default_factory=list,
+        max_length=20,
+        description="other wordings of the question: unlearned and verified as well",
+    )
+    paraphrased_answer: NonEmpty | None = Field(
+        default=None, description="the answer reworded (with perturbed_answers: truth ratio)"
+    )
+    perturbed_answers: list[NonEmpty] = Field(
+        default_factory=list,
+        max_length=10,
+        description="plausible wrong answers; the verifier reports the TOFU truth ratio",
+    )
 
 
 class TextItem(BaseModel):

@@ -86,8 +86,15 @@ def _subject_key(secret: bytes) -> bytes:
     return _subkey(secret, b"lethe/subject-id")
 
 
+# the fact an item states; paraphrases and perturbed answers supplied with it are evidence
+# for verification, not part of its identity
+DIGEST_FIELDS = ("question", "answer", "text")
+
+
 def item_digest(item: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical_json(item)).hexdigest()
+    """sha256 of the fact an item states (its question and answer, or its text)."""
+    fact = {k: item[k] for k in DIGEST_FIELDS if k in item}
+    return hashlib.sha256(canonical_json(fact)).hexdigest()
 
 
 def rotate_ciphertexts() -> int:

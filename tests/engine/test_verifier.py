@@ -409,3 +409,18 @@ def test_next_attempt_escalates_the_right_way_and_stops() -> None:
     assert next_attempt(judge_full(BEFORE, _measurement(), None), base, 1, pol) is None
     assert next_attempt(judge_full(BEFORE, _measurement(), GOOD_ATTACK), base, 1, pol) is None
     assert NPOMethodConfig(**next_attempt(remembers, base, 2, pol)[1])  # a valid config
+
+
+def test_truth_ratio_is_measured_when_answers_are_supplied(parent, sets) -> None:
+    model, tok, _ = parent
+    others = [ex.target for ex in sets["retain"] if ex.target not in
+              {f.target for f in sets["forget"]}][:3]
+    forget = [dataclasses.replace(ex, paraphrased_answer=ex.target, perturbed_answers=tuple(others))
+              for ex in sets["forget"]]
+    measured = measure_full(model, tok, forget, sets["retain"][:20], sets["holdout"][:10],
+                            policy=VerifierPolicy(relearn=False, counterfactual_neighbours=0),
+                            parent=True)
+    f = measured["sets"]["forget"]
+    # the parent knows the person: true answers far likelier than wrong ones, R ≪ 1
+    assert f["truth_ratio_n"] == len(forget) and 0.0 <= f["truth_ratio"] < 0.2
+    assert "truth_ratio" not in measured["sets"]["retain"]  # no evidence supplied there

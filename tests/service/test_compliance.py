@@ -516,3 +516,24 @@ def test_verification_policy_is_stored_versioned_audited_and_tenant_scoped(clien
     events = client.get("/v1/audit-events", headers=bearer(a["full"])).json()["items"]
     revised = [e for e in events if e["action"] == "model.policy_revised"]
     assert sorted(e["data"]["revision"] for e in revised) == [1, 2]
+
+
+def test_paraphrases_and_truth_ratio_evidence_travel_with_the_request(client, tenants):
+    a = tenants["a"]
+    item = {"question": "Where does Ann Roe live?", "answer": "Oslo",
+            "paraphrased_questions": ["Ann Roe lives in which city?"],
+            "paraphrased_answer": "In Oslo", "perturbed_answers": ["Rome", "Lima"]}
+    resp = client.post("/v1/erasure-requests", headers=bearer(a["full"]),
+                       json={"model": "shared", "subject_id": "Ann Roe", "forget": [item]})
+    assert resp.status_code == 202, resp.text
+    with session_scope() as session:
+        stored = session.get(ErasureRequest, resp.json()["id"])
+        rows = privacy.decrypt_items(bytes(stored.forget_ciphertext), stored.id)
+        # the fact's digest is the same as without the evidence
+        assert stored.forget_digests == [privacy.item_digest(
+            {"question": item["question"], "answer": item["answer"]})]
+    assert rows == [item]  # kept (encrypted) for unlearning and verification
+    too_many = {**item, "paraphrased_questions": [f"q{i}?" for i in range(21)]}
+    resp = client.post("/v1/erasure-requests", headers=bearer(a["full"]),
+                       json={"model": "shared", "subject_id": "Ann Roe", "forget": [too_many]})
+    assert resp.status_code == 422

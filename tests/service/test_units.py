@@ -91,3 +91,13 @@ def test_certificate_cli_checks_against_trusted_keys(tmp_path):
     cert.write_text(json.dumps(certificates.sign({"verdict": "passed"}, stranger)))
     result = subprocess.run(run, capture_output=True, text=True)
     assert result.returncode == 1 and "unknown signing key" in result.stderr
+
+
+def test_item_digest_names_the_fact_not_the_evidence_supplied_with_it():
+    from app.services.privacy import item_digest
+
+    plain = {"question": "Where does Ann live?", "answer": "Oslo"}
+    richer = {**plain, "paraphrased_questions": ["Ann lives where?"],
+              "paraphrased_answer": "In Oslo", "perturbed_answers": ["Rome"]}
+    assert item_digest(richer) == item_digest(plain)
+    assert item_digest({**plain, "answer": "Rome"}) != item_digest(plain)

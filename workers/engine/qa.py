@@ -32,6 +32,9 @@ class Example:
     subject: str | None = None
     question: str | None = None
     paraphrased_prompts: tuple[str, ...] = field(default_factory=tuple)
+    # truth-ratio evidence (TOFU): the answer reworded, and plausible wrong answers
+    paraphrased_answer: str | None = None
+    perturbed_answers: tuple[str, ...] = field(default_factory=tuple)
 
 
 class PromptTemplate:
@@ -64,6 +67,8 @@ class PromptTemplate:
         answer: str,
         subject: str | None = None,
         paraphrased_questions: Sequence[str] = (),
+        paraphrased_answer: str | None = None,
+        perturbed_answers: Sequence[str] = (),
     ) -> Example:
         return Example(
             prompt=self.prompt(question),
@@ -71,6 +76,8 @@ class PromptTemplate:
             subject=subject,
             question=question,
             paraphrased_prompts=tuple(self.prompt(q) for q in paraphrased_questions),
+            paraphrased_answer=paraphrased_answer,
+            perturbed_answers=tuple(perturbed_answers),
         )
 
 
@@ -98,7 +105,8 @@ def text_example(text: str, subject: str | None = None) -> Example:
 
 
 def examples_from_rows(rows: Iterable[dict[str, Any]], template: PromptTemplate) -> list[Example]:
-    """Rows with ``question``/``answer`` (optionally ``subject``, ``paraphrased_questions``)
+    """Rows with ``question``/``answer`` (optionally ``subject``, ``paraphrased_questions``,
+    ``paraphrased_answer`` and ``perturbed_answers`` — TOFU's ``perturbed_answer`` too)
     or with ``text``, as the corpora and erasure requests carry them."""
     out: list[Example] = []
     for row in rows:
@@ -110,6 +118,10 @@ def examples_from_rows(rows: Iterable[dict[str, Any]], template: PromptTemplate)
                     row["answer"],
                     subject=subject,
                     paraphrased_questions=row.get("paraphrased_questions") or (),
+                    paraphrased_answer=row.get("paraphrased_answer"),
+                    perturbed_answers=row.get("perturbed_answers")
+                    or row.get("perturbed_answer")
+                    or (),
                 )
             )
         elif row.get("text") is not None:

@@ -44,6 +44,9 @@ from workers.engine.metrics import (
     json_safe,
     mia_aucs,
     set_metrics,
+    truth_ratio_forget,
+    truth_ratio_other,
+    truth_ratios,
     utility,
 )
 from workers.engine.qa import Example, paraphrased
@@ -63,6 +66,8 @@ PROBE_SETS: tuple[tuple[str, str], ...] = (
 COUNTERFACTUAL = "_counterfactual"
 # what ``measure_full(..., parent=True)`` scores
 PARENT_SETS = frozenset({"forget", "retain", "general"})
+# sets whose items may carry truth-ratio evidence (paraphrased and perturbed answers)
+TRUTH_RATIO_SETS = frozenset({"forget", "retain", "holdout", "general"})
 
 
 @dataclass
@@ -322,6 +327,8 @@ def measure_full(
     for name, items in named.items():
         sets[name], per_item[name] = set_metrics(model, tokenizer, items, pol.batch_size,
                                                  pol.max_length)
+        if name in TRUTH_RATIO_SETS:
+            sets[name].update(_truth_ratio(model, tokenizer, items, name, pol))
         sets[name]["utility"] = utility(sets[name]) if items else float("nan")
     _, evaluate = split_by_fact(list(attacked) if attacked is not None else f_items)
     ev = [s for s, ex in zip(per_item["forget"], f_items, strict=True) if ex in evaluate]
@@ -336,6 +343,23 @@ def measure_full(
         "relearn_eval": relearn_eval,
         "seconds": time.perf_counter() - started,
     })
+
+
+def _truth_ratio(model: Any, tokenizer: Any, items: Sequence[Example], name: str,
+                 pol: VerifierPolicy) -> dict[str, Any]:
+    """TOFU's truth ratio over the items that carry a paraphrased answer and perturbed
+    answers (none: no key): ``truth_ratio`` is mean(min(R, 1/R)) on the forget set (1 =
+    the true answer is no more likely than wrong ones) and mean(max(0, 1 − R)) elsewhere
+    (1 = the true answer is clearly preferred; it then enters the set's utility)."""
+    usable = [ex for ex in items if ex.paraphrased_answer and ex.perturbed_answers]
+    if not usable:
+        return {}
+    ratios = truth_ratios(model, tokenizer, [ex.prompt for ex in usable],
+                          [str(ex.paraphrased_answer) for ex in usable],
+                          [list(ex.perturbed_answers) for ex in usable],
+                          pol.batch_size, pol.max_length)
+    agg = truth_ratio_forget if name == "forget" else truth_ratio_other
+    return {"truth_ratio": agg(ratios), "truth_ratio_n": len(usable)}
 
 
 def _num(x: Any) -> float:

@@ -66,7 +66,7 @@ async def create_request(
         tenant_id=caller.tenant_id,
         model_name=body.model,
         subject_id=body.subject_id,
-        forget=[item.model_dump() for item in body.forget],
+        forget=[item.model_dump(exclude_defaults=True) for item in body.forget],
         actor=caller.actor,
         unlearning_config=body.unlearning.model_dump(mode="json") if body.unlearning else None,
         correlation_id=correlation_id.get(),
