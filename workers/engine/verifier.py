@@ -592,21 +592,34 @@ def weaker(config: dict[str, Any], attempt: int) -> dict[str, Any]:
     return out
 
 
+def careful(config: dict[str, Any], attempt: int) -> dict[str, Any]:
+    """Settings for retry ``attempt`` after a verdict that found the model both still
+    remembering and damaged: the gentler step of :func:`weaker` (half the rate, twice the
+    retain weight, a check every step) with the step budget of :func:`stronger` — slower,
+    more protected progress, for as long as it takes."""
+    out = weaker(config, attempt)
+    bigger = stronger(config, attempt)
+    out["epochs"] = bigger["epochs"]
+    if bigger.get("max_steps") is not None:
+        out["max_steps"] = bigger["max_steps"]
+    return out
+
+
 def next_attempt(verdict: FullVerdict, config: dict[str, Any], attempts_made: int,
                  policy: VerifierPolicy) -> tuple[str, dict[str, Any]] | None:
     """What to retry after a failed ``verdict`` of attempt ``attempts_made`` (1 = the
-    first run) with ``config``: ``("stronger" | "weaker", settings)``, or ``None`` when
-    the policy's escalations are spent, the verdict passed, evidence was missing, or it
-    failed both ways at once (still remembers AND over-unlearned/damaged: no single knob
-    fixes that, and a human should look)."""
+    first run) with ``config``: ``("stronger" | "weaker" | "careful", settings)``, or
+    ``None`` when the policy's escalations are spent, the verdict passed, or evidence was
+    missing (no setting change can supply it). Still remembers → stronger; over-unlearned
+    or damaged → weaker; both → careful."""
     if verdict.passed or attempts_made > policy.max_escalations:
         return None
     kinds = set(verdict.failures)
     if EVIDENCE in kinds:
         return None
     gentler = bool(kinds & {OVER_UNLEARNED, UTILITY})
-    if REMEMBERS in kinds and not gentler:
+    if REMEMBERS in kinds and gentler:
+        return "careful", careful(config, attempts_made)
+    if REMEMBERS in kinds:
         return "stronger", stronger(config, attempts_made)
-    if gentler and REMEMBERS not in kinds:
-        return "weaker", weaker(config, attempts_made)
-    return None
+    return "weaker", weaker(config, attempts_made)
