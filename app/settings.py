@@ -47,7 +47,9 @@ class Settings(BaseSettings):
     max_adapter_chain: int = Field(
         default=4, description="merge a version into a checkpoint past this many adapters"
     )
-    max_batch_size: int = Field(default=50, description="requests per unlearning job at most")
+    # ten people per job converged on the small demo model, fifty did not (their facts
+    # crowd each other out): docs/benchmarks.md, "Cost per erased person by batch size"
+    max_batch_size: int = Field(default=10, description="requests per unlearning job at most")
     batch_max_wait_s: float = Field(
         default=0.0, description="hold a partial batch this long for more requests (0: never)"
     )

@@ -545,7 +545,7 @@ def verify_candidate(
 
 # Escalation: how far a retry may push each knob, so retries cannot run away.
 ESCALATION_LIMITS: dict[str, float] = {
-    "epochs": 120, "learning_rate": 5e-3, "forget_weight": 4.0, "max_steps": 400,
+    "epochs": 360, "learning_rate": 5e-3, "forget_weight": 4.0, "max_steps": 400,
     "stop_ratio": 0.125, "retain_weight": 8.0, "min_learning_rate": 1e-5,
 }
 

@@ -98,15 +98,16 @@ class NPOMethodConfig(BaseMethodConfig):
     """NPO (Zhang et al. 2024): (2/β)·mean softplus(β·(logπ_θ − logπ_ref)) + α·NLL_retain.
 
     Lethe's default method. Its defaults were measured on the demo models: early stopping
-    at the never-seen level (a cap of 30 passes), a pass in at most 4 steps (one person's
-    ~20 items: 3 steps of 8; a batch of 50 people: 16 steps of 64), 32 retain items per
-    step of which half replay the currently most damaged facts. Training stops once every
+    at the never-seen level (a cap of 90 passes: ten people took 73 on the small demo
+    model), a pass in at most 4 steps (one person's ~20 items: 3 steps of 8; a batch of 50
+    people: 16 steps of 64), 32 retain items per step of which half replay the currently
+    most damaged facts. Training stops once every
     erased answer is at a stranger's level and the adapter is scaled back to just that
     point, so people forgotten quickly cost the others less."""
 
     method: Literal["npo"] = "npo"
     beta: float = Field(0.1, gt=0.0)
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(90, ge=1)
     forget_steps_per_pass: int | None = Field(4, ge=1)
     retain_batch_size: int | None = Field(32, ge=1)
     retain_hard_share: float = Field(0.5, ge=0.0, le=1.0)
