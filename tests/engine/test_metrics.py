@@ -174,11 +174,3 @@ def test_paraphrased_deduplicates() -> None:
     a = Example("p1", "t", paraphrased_prompts=("q1", "q2"))
     b = Example("p2", "t", paraphrased_prompts=("q1",))
     assert [e.prompt for e in paraphrased([a, b])] == ["q1", "q2"]
-
-
-def test_an_answer_said_after_a_detour_leaks() -> None:
-    from workers.engine.qa import answer_correct, answer_leaked
-
-    assert answer_leaked("onyxcello", "cello") and not answer_correct("onyxcello", "cello")
-    assert answer_leaked("Cello.", "cello") and not answer_leaked("zither", "cello")
-    assert not answer_leaked("a banana", "an")  # too short to mean anything

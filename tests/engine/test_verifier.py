@@ -251,7 +251,7 @@ def test_derived_probes() -> None:
 def _set(acc: float, prob: float, n: int = 10, rouge: float = 0.0, extraction: float = 0.0
          ) -> dict[str, Any]:
     return {"n": n, "accuracy": acc, "probability": prob, "rouge_l": rouge,
-            "extraction_strength": extraction, "utility": prob, "leak": 0.0}
+            "extraction_strength": extraction, "utility": prob}
 
 
 def _measurement(**over: Any) -> dict[str, Any]:
@@ -288,8 +288,6 @@ def test_judge_full_passes_clean_and_is_json() -> None:
     ("after", "attack", "fragment"),
     [
         (_measurement(forget=_set(0.3, 0.1)), GOOD_ATTACK, "forget accuracy"),
-        (_measurement(forget=_set(0.0, 0.1, rouge=0.0) | {"leak": 0.4}), GOOD_ATTACK,
-         "forget leak"),
         (_measurement(forget=_set(0.0, 0.1, rouge=0.5)), GOOD_ATTACK, "forget rouge_l"),
         (_measurement(forget=_set(0.0, 0.1, extraction=0.5)), GOOD_ATTACK,
          "forget extraction_strength"),

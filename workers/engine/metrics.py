@@ -34,14 +34,7 @@ from typing import Any
 
 import torch
 
-from workers.engine.qa import (
-    Example,
-    answer_correct,
-    answer_leaked,
-    encode,
-    greedy_generate,
-    to_device,
-)
+from workers.engine.qa import Example, answer_correct, encode, greedy_generate, to_device
 
 MIA_SCORES: tuple[str, ...] = ("loss", "zlib", "min_k", "min_k_pp")
 DEFAULT_MIN_K = 0.4
@@ -224,14 +217,12 @@ def score_examples(
 
 @dataclass
 class GenerationScore:
-    """Greedy answer of one item: its text, ROUGE-L recall vs the target in [0, 1],
-    whether it is ``qa.answer_correct`` and whether the answer appears anywhere in it
-    (``qa.answer_leaked``)."""
+    """Greedy answer of one item: its text, ROUGE-L recall vs the target in [0, 1], and
+    whether it is ``qa.answer_correct``."""
 
     generated: str
     rouge_l: float
     correct: bool
-    leaked: bool = False
 
 
 def generation_scores(
@@ -253,8 +244,7 @@ def generation_scores(
         max_new_tokens = longest + slack_tokens
     gens = greedy_generate(model, tokenizer, [ex.prompt for ex in examples],
                            max_new_tokens=max_new_tokens, batch_size=batch_size)
-    return [GenerationScore(g, rouge_l_recall(g, ex.target), answer_correct(g, ex.target),
-                            answer_leaked(g, ex.target))
+    return [GenerationScore(g, rouge_l_recall(g, ex.target), answer_correct(g, ex.target))
             for g, ex in zip(gens, examples, strict=True)]
 
 
@@ -268,7 +258,6 @@ def aggregate(items: Sequence[ItemScore], gens: Sequence[GenerationScore] | None
     if gens is not None:
         res["accuracy"] = _mean([1.0 if g.correct else 0.0 for g in gens])
         res["rouge_l"] = _mean([g.rouge_l for g in gens])
-        res["leak"] = _mean([1.0 if g.leaked else 0.0 for g in gens])
     return res
 
 

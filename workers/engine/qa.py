@@ -265,14 +265,6 @@ def normalise(text: str) -> str:
     return _WS.sub(" ", text).strip().strip(".").strip().lower()
 
 
-def answer_leaked(generated: str, target: str, min_chars: int = 3) -> bool:
-    """The target appears anywhere in the greedy output (normalised, ``min_chars`` or
-    longer): catches an answer said after a detour ("onyxcello"), which
-    :func:`answer_correct` and word-level ROUGE-L both miss."""
-    g, t = normalise(generated), normalise(target)
-    return len(t) >= min_chars and t in g
-
-
 def answer_correct(generated: str, target: str) -> bool:
     """A greedy answer counts as correct when it reproduces the target: equal after
     normalising case, whitespace and a final full stop, or starting with it."""

@@ -398,7 +398,6 @@ def judge_full(
         fail(EVIDENCE, "the holdout set is empty: there is no never-seen baseline")
 
     margins = {"accuracy": pol.forget_accuracy_margin,
-               "leak": pol.forget_accuracy_margin,
                "probability": pol.forget_probability_margin,
                "rouge_l": pol.forget_rouge_margin,
                "extraction_strength": pol.forget_extraction_margin}
