@@ -22,7 +22,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workers.engine.methods import parse_method_config  # noqa: E402
-from workers.engine.qa import PromptTemplate, examples_from_rows, load_jsonl  # noqa: E402
+from workers.engine.qa import (  # noqa: E402
+    PromptTemplate,
+    examples_from_rows,
+    load_jsonl,
+    split_retain,
+)
 from workers.engine.training import run_unlearning  # noqa: E402
 from workers.engine.verifier import (  # noqa: E402
     VerifierPolicy,
@@ -51,9 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     for person in people:
         forget = examples_from_rows([r for r in rows if r["subject"] == person], template)
         others = [r for r in rows if r["subject"] != person]
-        # as the worker splits it: one retain item in five checks utility, the rest trains
-        retain = examples_from_rows([r for i, r in enumerate(others) if i % 5], template)
-        check = examples_from_rows(others[::5], template)
+        # split as the worker does: one retain item in five checks utility, the rest trains
+        train_rows, check_rows = split_retain(others)
+        retain = examples_from_rows(train_rows, template)
+        check = examples_from_rows(check_rows, template)
         model, tok = load_version(args.model_dir)
         t0 = time.perf_counter()
         before = measure_full(model, tok, forget, check, holdout, None, policy, parent=True)

@@ -150,3 +150,19 @@ def wait_for_request(client: object, request_id: str, headers: dict[str, str] | 
         if body["status"] in ("completed", "failed", "cancelled") or time.monotonic() > deadline:
             return body
         time.sleep(0.5)
+
+
+def share_answered(client: object, model: str, rows: list[dict[str, str]],
+                   max_new_tokens: int = 16) -> float:
+    """Share of ``rows`` whose question the model's production version answers correctly
+    through ``POST /v1/models/{model}/generate``."""
+    from workers.engine.qa import answer_correct
+
+    hits = 0
+    for row in rows:
+        resp = client.post(f"/v1/models/{model}/generate",  # type: ignore[attr-defined]
+                           headers=auth(), json={"question": row["question"],
+                                                 "max_new_tokens": max_new_tokens})
+        assert resp.status_code == 200, resp.text
+        hits += answer_correct(resp.json()["text"], row["answer"])
+    return hits / len(rows)

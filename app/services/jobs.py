@@ -10,7 +10,6 @@ releases the claim and re-enqueues the stage (see :mod:`app.services.recovery`).
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import math
 import threading
@@ -228,10 +227,7 @@ class JobSets:
     the items of earlier erasures the corpus still holds, verified but not trained on:
     the parent already has them at a stranger's level, and pushing them further would
     make those people stand out the other way. ``retain`` trains the retain term;
-    ``retain_check`` (one
-    retain item in :data:`RETAIN_CHECK_EVERY`, by a stable hash of its question) is kept
-    out of training so verification's utility rules measure knowledge the unlearning did
-    not explicitly protect."""
+    ``retain_check`` is kept out of training for verification (``qa.split_retain``)."""
 
     forget: list[Any]
     retain: list[Any]
@@ -246,14 +242,6 @@ class JobSets:
         return self.forget + self.replay
 
 
-RETAIN_CHECK_EVERY = 5
-
-
-def _is_check_item(row: dict[str, Any]) -> bool:
-    key = str(row.get("question") or row.get("text") or "")
-    return hashlib.sha256(key.encode()).digest()[0] % RETAIN_CHECK_EVERY == 0
-
-
 def _examples(inputs: JobInputs) -> JobSets:
     """Forget, retain (training and check parts) and holdout examples. Retain = the
     model's retain corpus less everything erased from the model so far, this batch
@@ -262,7 +250,7 @@ def _examples(inputs: JobInputs) -> JobSets:
 
     Items erased by earlier jobs that the corpus still holds are replayed into
     verification: unlearning a new subject must not bring an earlier one back."""
-    from workers.engine.qa import PromptTemplate, examples_from_rows, load_jsonl
+    from workers.engine.qa import PromptTemplate, examples_from_rows, load_jsonl, split_retain
 
     template = PromptTemplate(inputs.model.prompt_template)
     forget = examples_from_rows(inputs.forget_rows, template)
@@ -290,8 +278,7 @@ def _examples(inputs: JobInputs) -> JobSets:
         for r in corpus
         if not still_kept(r) and r.get("question") is not None and r["question"] not in erased
     ]
-    check = [r for r in retain_rows if _is_check_item(r)]
-    train = [r for r in retain_rows if not _is_check_item(r)]
+    train, check = split_retain(retain_rows)
     return JobSets(
         forget=forget,
         retain=examples_from_rows(train, template),
@@ -301,13 +288,16 @@ def _examples(inputs: JobInputs) -> JobSets:
     )
 
 
-def attempt_config(job: UnlearningJob) -> dict[str, Any]:
-    """The method settings of the job's next unlearning attempt: the requested ones
-    (``npo`` when none was named), or the escalated ones a failed verification left."""
-    retry = (job.metrics or {}).get("retry_config")
-    if retry:
-        return dict(retry)
+def requested_config(job: UnlearningJob) -> dict[str, Any]:
+    """The method settings the job was created with (``npo`` when none was named)."""
     return {"method": job.method or "npo", **job.config}
+
+
+def attempt_config(job: UnlearningJob) -> dict[str, Any]:
+    """The method settings of the job's next unlearning attempt: the requested ones, or
+    the escalated ones a failed verification left."""
+    retry = (job.metrics or {}).get("retry_config")
+    return dict(retry) if retry else requested_config(job)
 
 
 DB_ERRORS = (OperationalError, InterfaceError)
@@ -585,8 +575,7 @@ def run_verify(job_id: str) -> None:
             seconds = time.perf_counter() - started
             this_attempt = _attempt_summary(job, evidence)
             attempts = [*((job.metrics or {}).get("attempts") or []), this_attempt]
-            base_config = {"method": job.method or "npo", **job.config}
-            retry = next_attempt(verdict, base_config, len(attempts), policy)
+            retry = next_attempt(verdict, requested_config(job), len(attempts), policy)
 
             def escalate(direction: str, config: dict[str, Any]) -> None:
                 with session_scope() as session:

@@ -174,3 +174,14 @@ def test_paraphrased_deduplicates() -> None:
     a = Example("p1", "t", paraphrased_prompts=("q1", "q2"))
     b = Example("p2", "t", paraphrased_prompts=("q1",))
     assert [e.prompt for e in paraphrased([a, b])] == ["q1", "q2"]
+
+
+def test_split_retain_is_stable_and_keeps_about_one_in_five() -> None:
+    from workers.engine.qa import split_retain
+
+    rows = [{"question": f"q{i}?", "answer": "a"} for i in range(500)]
+    train, check = split_retain(rows)
+    assert len(train) + len(check) == 500 and not {r["question"] for r in train} & {
+        r["question"] for r in check}
+    assert 60 < len(check) < 140  # one in five, by hash
+    assert split_retain(list(reversed(rows)))[1] == list(reversed(check))  # row-wise, stable

@@ -10,9 +10,9 @@ from sqlalchemy import select
 
 from app.db.models import AuditEvent, UnlearningJob
 from app.db.session import session_scope
-from tests.conftest import auth, register_model
+from tests.conftest import auth, register_model, share_answered
 from tests.integration.conftest import wait_until
-from workers.engine.qa import answer_correct, load_jsonl
+from workers.engine.qa import load_jsonl
 
 pytestmark = pytest.mark.integration
 
@@ -63,19 +63,6 @@ def file_request(client, model, subject, facts):
 def finished(client, request_id):
     body = client.get(f"/v1/erasure-requests/{request_id}", headers=auth()).json()
     return body if body["status"] in ("completed", "failed", "cancelled") else None
-
-
-def share_answered(client, model, facts):
-    correct = 0
-    for row in facts:
-        gen = client.post(
-            f"/v1/models/{model}/generate",
-            headers=auth(),
-            json={"question": row["question"], "max_new_tokens": 16},
-        )
-        assert gen.status_code == 200, gen.text
-        correct += answer_correct(gen.json()["text"], row["answer"])
-    return correct / len(facts)
 
 
 def test_request_travels_from_post_to_a_published_version(client, demo_model_dir, start_worker):

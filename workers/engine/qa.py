@@ -9,6 +9,7 @@ An :class:`Example` is what the model sees (``prompt``) and what it is scored on
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -281,3 +282,22 @@ def paraphrased(examples: Sequence[Example]) -> list[Example]:
             out.setdefault((p, ex.target), replace(ex, prompt=p,
                                                     paraphrased_prompts=()))
     return list(out.values())
+
+
+# one retain item in this many is kept out of unlearning's retain term, for verification
+RETAIN_CHECK_EVERY = 5
+
+
+def split_retain(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]],
+                                                          list[dict[str, Any]]]:
+    """``(train, check)``: the retain rows the unlearning trains on, and one in
+    :data:`RETAIN_CHECK_EVERY` (by a stable hash of its question or text, so the same rows
+    every run) kept out of training so verification's utility rules measure knowledge
+    the unlearning did not explicitly protect."""
+    train: list[dict[str, Any]] = []
+    check: list[dict[str, Any]] = []
+    for row in rows:
+        key = str(row.get("question") or row.get("text") or "")
+        held = hashlib.sha256(key.encode()).digest()[0] % RETAIN_CHECK_EVERY == 0
+        (check if held else train).append(row)
+    return train, check
