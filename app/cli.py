@@ -384,7 +384,8 @@ def _job_action(job_id: str, action: str) -> None:
 )
 def verify(ctx: typer.Context) -> None:
     """Audit any model with Lethe's verifier: --model DIR [--adapter DIR] --forget FILE
-    --retain FILE --holdout FILE [--json] [--policy FILE]. Exit 0 passed, 1 failed."""
+    --retain FILE --holdout FILE [--general FILE] [--json] [--policy FILE]. Exit 0 passed,
+    1 failed."""
     from workers.engine.standalone import main as audit
 
     raise typer.Exit(audit(list(ctx.args)))

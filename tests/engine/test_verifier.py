@@ -223,6 +223,17 @@ def test_standalone_cli(demo_model_dir: Path, npo, tmp_path: Path,
     assert standalone_main([*args, "--adapter", npo.adapter_dir, "--json"]) == 0
     text = capsys.readouterr().out.strip()
     assert json.loads(text)["passed"] is True
+    # a general-knowledge set is measured on both models and held to the parent
+    write_jsonl(tmp_path / "g.jsonl", [r for r in rows if r["subject"] != subject][:20])
+    code = standalone_main([*args, "--adapter", npo.adapter_dir, "--json",
+                            "--general", str(tmp_path / "g.jsonl")])
+    out = json.loads(capsys.readouterr().out.strip())
+    # the same candidate passed without it: only the general rules can decide now
+    assert code == (0 if out["passed"] else 1)
+    assert all(r.startswith("general ") for r in out["reasons"]), out["reasons"]
+    assert out["metrics"]["before"]["sets"]["general"]["n"] == 20
+    assert out["metrics"]["after"]["sets"]["general"]["n"] == 20
+    assert "general_accuracy_min" in out["thresholds"]
 
 
 # ---------------------------------------------------------------- derived probes

@@ -49,8 +49,10 @@ def run_audit(
     template: str | None = None,
     policy: VerifierPolicy | None = None,
     device: str = "cpu",
+    general_file: str | Path | None = None,
 ) -> FullVerdict:
-    """Load the model (and candidate), read the three sets, measure, attack and judge.
+    """Load the model (and candidate), read the sets (``general_file``: optional general
+    knowledge held to the parent like retain), measure, attack and judge.
     ``template`` defaults to the model's demo manifest template or ``qa.DEFAULT_TEMPLATE``
     (``"chat"`` = the tokenizer's chat template)."""
     pol = policy or VerifierPolicy()
@@ -60,13 +62,14 @@ def run_audit(
     forget = examples_from_rows(load_jsonl(forget_file), tmpl)
     retain = examples_from_rows(load_jsonl(retain_file), tmpl)
     holdout = examples_from_rows(load_jsonl(holdout_file), tmpl)
+    general = examples_from_rows(load_jsonl(general_file), tmpl) if general_file else None
     before: dict[str, Any] | None = None
     candidate = model
     if adapter_dir is not None:
-        before = measure_full(model, tok, forget, retain, holdout, None, pol, parent=True)
+        before = measure_full(model, tok, forget, retain, holdout, general, pol, parent=True)
         del model
         candidate, _ = load_version(base, [adapter_dir], device=device)
-    after = measure_full(candidate, tok, forget, retain, holdout, None, pol)
+    after = measure_full(candidate, tok, forget, retain, holdout, general, pol)
     attack = run_relearn(before, candidate, tok, forget, pol) if pol.relearn else None
     return judge_full(before, after, attack, pol)
 
@@ -99,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--forget", required=True, help="JSONL of items that must be forgotten")
     parser.add_argument("--retain", required=True, help="JSONL of items that must be kept")
     parser.add_argument("--holdout", required=True, help="JSONL of never-seen items (baseline)")
+    parser.add_argument("--general", default=None,
+                        help="JSONL of general knowledge that must be kept (optional)")
     parser.add_argument("--template", default=None, help="prompt template, or 'chat'")
     parser.add_argument("--policy", default=None, help="JSON file with VerifierPolicy fields")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -107,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     policy = (VerifierPolicy.from_dict(json.loads(Path(args.policy).read_text()))
               if args.policy else VerifierPolicy())
     verdict = run_audit(args.model, args.adapter, args.forget, args.retain, args.holdout,
-                        args.template, policy, args.device)
+                        args.template, policy, args.device, args.general)
     if not args.json:
         print(_summary(verdict))
     print(json.dumps(verdict.to_dict(), allow_nan=False))
