@@ -398,6 +398,8 @@ def bench_tofu(
     authors: Annotated[int, typer.Option(help="authors of `full` to train on (CPU: few)")] = 10,
     method: Annotated[str, typer.Option(help="method name(s), comma-separated")] = "npo",
     json_output: Annotated[bool, typer.Option("--json", help="one JSON object last")] = False,
+    cache: Annotated[Path | None, typer.Option(
+        help="keep the trained original/reference models here and reuse them")] = None,
 ) -> None:
     """TOFU: train an original and a retrained reference model, unlearn the forget split
     through the workers' engine, report forget quality, utility, MIA and wall times."""
@@ -412,6 +414,7 @@ def bench_tofu(
         authors=authors,
         method=methods if len(methods) > 1 else methods[0],
         json_out=json_output,
+        cache_dir=cache,
     )
 
 

@@ -78,3 +78,29 @@ def test_run_tofu_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
     assert 0.0 <= report["forget_quality"] <= 1.0
     assert 0.0 <= report["mia_auc"] <= 1.0
     assert set(report["by_method"]) == {"npo", "task_vector"}
+
+
+@needs_data
+def test_run_tofu_cache_reuses_trained_models(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    """With a cache directory the original and reference are trained once: a second run
+    loads them (same scores, same measured training times) instead of training again."""
+    import workers.engine.tofu as tofu
+
+    monkeypatch.setattr(tofu, "ROUGE_NEW_TOKENS", 4)
+    monkeypatch.setattr(tofu, "EVAL_ITEMS", 4)
+    micro = dataclasses.replace(TOFU_RECIPE, hidden=32, layers=1, heads=2, intermediate=64,
+                                vocab_size=512, epochs=1)
+    first = run_tofu(TOFU, "forget01", 3, "npo", {"max_steps": 1}, recipe=micro,
+                     cache_dir=tmp_path)
+    trained = []
+    monkeypatch.setattr(tofu, "train", lambda *a, **k: trained.append(1))
+    second = run_tofu(TOFU, "forget01", 3, "npo", {"max_steps": 1}, recipe=micro,
+                      cache_dir=tmp_path)
+    assert not trained
+    assert second["retrain_seconds"] == first["retrain_seconds"]
+    assert second["original_seconds"] == first["original_seconds"]
+    assert second["scores"]["original"] == first["scores"]["original"]
+    assert second["scores"]["reference"] == first["scores"]["reference"]
+    # one entry per authors, recipe and seed (the key is what the models depend on)
+    assert len(list(tmp_path.iterdir())) == 1

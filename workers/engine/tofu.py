@@ -267,13 +267,35 @@ def score_model(model: Any, tokenizer: Any, sets: TofuSets,
 
 
 def _train_model(rows: Sequence[dict[str, Any]], tokenizer: Any, template: PromptTemplate,
-                 recipe: Recipe, seed: int) -> tuple[Any, float]:
+                 recipe: Recipe, seed: int, cache: Path | None = None) -> tuple[Any, float]:
+    """Train a model on ``rows``; with ``cache`` (a directory), reuse the model saved
+    there by an earlier run of the same rows, recipe and seed (the training time
+    reported is the one measured when it was trained)."""
+    if cache is not None and (cache / "seconds.json").exists():
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(cache))
+        return model, float(json.loads((cache / "seconds.json").read_text())["seconds"])
     torch.manual_seed(seed)
     model = make_model(recipe, tokenizer)
     examples = [template.example(r["question"], r["answer"]) for r in rows]
     t0 = time.perf_counter()
     train(model, tokenizer, examples, recipe, seed)
-    return model, time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    if cache is not None:
+        model.save_pretrained(str(cache), safe_serialization=True)
+        (cache / "seconds.json").write_text(json.dumps({"seconds": seconds}))
+    return model, seconds
+
+
+def _cache_key(sets: TofuSets, recipe: Recipe, seed: int) -> str:
+    """What the trained models depend on: the training and tokenizer rows, the recipe
+    and the seed."""
+    import hashlib
+
+    blob = json.dumps([sets.retain, sets.forget, sets.holdout, sets.retain_perturbed,
+                       sets.forget_perturbed, asdict(recipe), seed], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def run_tofu(
@@ -286,8 +308,13 @@ def run_tofu(
     seed: int = 0,
     work_dir: str | Path | None = None,
     log: Any = None,
+    cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark; returns the JSON-ready report (see module docstring).
+
+    ``cache_dir``: keep the trained original and reference models (and tokenizer) there,
+    keyed by what they depend on, so that comparing methods or settings on the same
+    authors trains them once; ``retrain_seconds`` stays the measured training time.
 
     ``method`` may name several methods (a sequence or "a,b"): the original and the
     reference are trained once and each method unlearns its own copy of the original.
@@ -316,15 +343,29 @@ def run_tofu(
         answers = [a for r in everything for a in
                    [r["answer"], r.get("paraphrased_answer", ""), *r.get("perturbed_answer", [])]
                    if a]
-        tokenizer = train_tokenizer(prompts, answers, recipe.vocab_size)
+        cache = None
+        if cache_dir is not None:
+            cache = Path(cache_dir) / f"{split}-{sets.n_authors}-{_cache_key(sets, recipe, seed)}"
+            (cache / "original").mkdir(parents=True, exist_ok=True)
+            (cache / "reference").mkdir(parents=True, exist_ok=True)
+        if cache is not None and (cache / "tokenizer" / "tokenizer.json").exists():
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(cache / "tokenizer"))
+        else:
+            tokenizer = train_tokenizer(prompts, answers, recipe.vocab_size)
+            if cache is not None:
+                tokenizer.save_pretrained(str(cache / "tokenizer"))
         say(f"{sets.n_authors} authors ({sets.n_forget_authors} forget), "
             f"{len(sets.retain) + len(sets.forget)} training rows")
 
-        original, original_seconds = _train_model([*sets.retain, *sets.forget], tokenizer,
-                                                  template, recipe, seed)
+        original, original_seconds = _train_model(
+            [*sets.retain, *sets.forget], tokenizer, template, recipe, seed,
+            None if cache is None else cache / "original")
         say(f"original trained in {original_seconds:.0f}s")
-        reference, retrain_seconds = _train_model(sets.retain, tokenizer, template, recipe,
-                                                  seed)
+        reference, retrain_seconds = _train_model(
+            sets.retain, tokenizer, template, recipe, seed,
+            None if cache is None else cache / "reference")
         say(f"reference (retain only) trained in {retrain_seconds:.0f}s")
 
         s_orig, tr_orig = score_model(original, tokenizer, sets, template)
@@ -401,13 +442,15 @@ def run_tofu(
 
 def bench_tofu(data_dir: str | Path, split: str = "forget01", authors: int | None = 10,
                method: str | Sequence[str] = "npo", json_out: bool = False,
-               method_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+               method_overrides: dict[str, Any] | None = None,
+               cache_dir: str | Path | None = None) -> dict[str, Any]:
     """CLI hook for ``lethe bench tofu``: runs :func:`run_tofu`, prints progress and a
     summary, and with ``json_out`` prints the report as one JSON object last."""
     import sys
 
     report = run_tofu(data_dir, split, authors, method, method_overrides,
-                      log=lambda msg: print(f"[tofu] {msg}", file=sys.stderr, flush=True))
+                      log=lambda msg: print(f"[tofu] {msg}", file=sys.stderr, flush=True),
+                      cache_dir=cache_dir)
     keys = ("forget_quality", "forget_quality_original", "model_utility_original",
             "model_utility_unlearned", "model_utility_reference", "mia_auc_original",
             "mia_auc", "mia_auc_reference", "unlearn_seconds", "retrain_seconds")
