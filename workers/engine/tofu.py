@@ -288,13 +288,12 @@ def _train_model(rows: Sequence[dict[str, Any]], tokenizer: Any, template: Promp
     return model, seconds
 
 
-def _cache_key(sets: TofuSets, recipe: Recipe, seed: int) -> str:
-    """What the trained models depend on: the training and tokenizer rows, the recipe
-    and the seed."""
+def _cache_key(rows: Sequence[dict[str, Any]], recipe: Recipe, seed: int) -> str:
+    """What the trained models depend on: the rows the tokenizer sees (the training
+    rows among them), the recipe and the seed."""
     import hashlib
 
-    blob = json.dumps([sets.retain, sets.forget, sets.holdout, sets.retain_perturbed,
-                       sets.forget_perturbed, asdict(recipe), seed], sort_keys=True)
+    blob = json.dumps([list(rows), asdict(recipe), seed], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -339,22 +338,22 @@ def run_tofu(
         # it sees every text the models are scored on (vocabulary is not memorisation)
         everything = [*sets.retain, *sets.forget, *sets.holdout, *sets.retain_perturbed,
                       *sets.forget_perturbed]
-        prompts = [template.prompt(r["question"]) for r in everything]
-        answers = [a for r in everything for a in
-                   [r["answer"], r.get("paraphrased_answer", ""), *r.get("perturbed_answer", [])]
-                   if a]
         cache = None
         if cache_dir is not None:
-            cache = Path(cache_dir) / f"{split}-{sets.n_authors}-{_cache_key(sets, recipe, seed)}"
-            (cache / "original").mkdir(parents=True, exist_ok=True)
-            (cache / "reference").mkdir(parents=True, exist_ok=True)
+            key = _cache_key(everything, recipe, seed)
+            cache = Path(cache_dir) / f"{split}-{sets.n_authors}-{key}"
         if cache is not None and (cache / "tokenizer" / "tokenizer.json").exists():
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(str(cache / "tokenizer"))
         else:
+            prompts = [template.prompt(r["question"]) for r in everything]
+            answers = [a for r in everything for a in
+                       [r["answer"], r.get("paraphrased_answer", ""),
+                        *r.get("perturbed_answer", [])]
+                       if a]
             tokenizer = train_tokenizer(prompts, answers, recipe.vocab_size)
-            if cache is not None:
+            if cache is not None:  # save_pretrained creates the directories
                 tokenizer.save_pretrained(str(cache / "tokenizer"))
         say(f"{sets.n_authors} authors ({sets.n_forget_authors} forget), "
             f"{len(sets.retain) + len(sets.forget)} training rows")
