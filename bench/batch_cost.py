@@ -20,13 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from workers.engine.demo_model import load_demo_data  # noqa: E402
 from workers.engine.methods import parse_method_config  # noqa: E402
-from workers.engine.qa import (  # noqa: E402
-    PromptTemplate,
-    examples_from_rows,
-    load_jsonl,
-    split_retain,
-)
 from workers.engine.training import run_unlearning  # noqa: E402
 from workers.engine.unlearn import score_items  # noqa: E402
 from workers.engine.versions import load_version  # noqa: E402
@@ -40,20 +35,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="npo config overrides, e.g. '{\"batch_size\": 32}'")
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
     args = parser.parse_args(argv)
-    template = PromptTemplate()
-    rows = load_jsonl(args.model_dir / "data" / "train.jsonl")
-    holdout = examples_from_rows(load_jsonl(args.model_dir / "data" / "holdout.jsonl"), template)
-    people = sorted({r["subject"] for r in rows})
+    data = load_demo_data(args.model_dir)
+    holdout = data.examples(data.holdout)
+    people = sorted(data.people)
     config = parse_method_config({"method": "npo", **json.loads(args.set)})
     out = []
     for size in (int(s) for s in args.sizes.split(",")):
-        batch = set(people[:size])
-        forget = examples_from_rows([r for r in rows if r["subject"] in batch], template)
-        others = [r for r in rows if r["subject"] not in batch]
-        # split as the worker does: one retain item in five checks utility, the rest trains
-        train_rows, check_rows = split_retain(others)
-        retain = examples_from_rows(train_rows, template)
-        check = examples_from_rows(check_rows[:300], template)
+        forget, retain, check = data.job_sets(people[:size])
+        check = check[:300]
         model, tok = load_version(args.model_dir)
         started = time.perf_counter()
         result = run_unlearning(model, tok, forget, retain, config,

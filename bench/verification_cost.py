@@ -21,13 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from workers.engine.demo_model import load_demo_data  # noqa: E402
 from workers.engine.methods import parse_method_config  # noqa: E402
-from workers.engine.qa import (  # noqa: E402
-    PromptTemplate,
-    examples_from_rows,
-    load_jsonl,
-    split_retain,
-)
 from workers.engine.training import run_unlearning  # noqa: E402
 from workers.engine.verifier import (  # noqa: E402
     VerifierPolicy,
@@ -46,20 +41,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="method config (default: the default method, npo)")
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
     args = parser.parse_args(argv)
-    template = PromptTemplate()
-    rows = load_jsonl(args.model_dir / "data" / "train.jsonl")
-    holdout = examples_from_rows(load_jsonl(args.model_dir / "data" / "holdout.jsonl"), template)
-    people = sorted({r["subject"] for r in rows})[: args.people]
+    data = load_demo_data(args.model_dir)
+    holdout = data.examples(data.holdout)
+    people = sorted(data.people)[: args.people]
     policy = VerifierPolicy()
     config = parse_method_config(json.loads(args.set))
     runs = []
     for person in people:
-        forget = examples_from_rows([r for r in rows if r["subject"] == person], template)
-        others = [r for r in rows if r["subject"] != person]
-        # split as the worker does: one retain item in five checks utility, the rest trains
-        train_rows, check_rows = split_retain(others)
-        retain = examples_from_rows(train_rows, template)
-        check = examples_from_rows(check_rows, template)
+        forget, retain, check = data.job_sets([person])
         model, tok = load_version(args.model_dir)
         t0 = time.perf_counter()
         before = measure_full(model, tok, forget, check, holdout, None, policy, parent=True)

@@ -38,6 +38,8 @@ from workers.engine.qa import (
     encode,
     examples_from_rows,
     greedy_generate,
+    load_jsonl,
+    split_retain,
     write_jsonl,
 )
 
@@ -383,3 +385,43 @@ def _build(out: Path, size: str, seed: int, recipe: Recipe, threads: int,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return report
+
+
+@dataclass(frozen=True)
+class DemoData:
+    """A built demo model's data, as its manifest names it: the prompt template, the
+    trained rows (each with ``subject``) and the never-seen people's rows."""
+
+    template: PromptTemplate
+    train: list[dict[str, Any]]
+    holdout: list[dict[str, Any]]
+
+    @property
+    def people(self) -> list[str]:
+        """Trained people, in the order of the training file."""
+        return list(dict.fromkeys(r["subject"] for r in self.train))
+
+    def examples(self, rows: Sequence[dict[str, Any]]) -> list[Example]:
+        return examples_from_rows(rows, self.template)
+
+    def job_sets(self, people: Sequence[str]) -> tuple[list[Example], list[Example],
+                                                       list[Example]]:
+        """``(forget, retain, check)`` for a job erasing ``people``: their rows; everybody
+        else's split as the worker splits them (:func:`qa.split_retain`: the rows
+        unlearning trains on, and the held-out ones verification checks utility on)."""
+        erased = set(people)
+        others = [r for r in self.train if r["subject"] not in erased]
+        retain, check = split_retain(others)
+        return (self.examples([r for r in self.train if r["subject"] in erased]),
+                self.examples(retain), self.examples(check))
+
+
+def load_demo_data(model_dir: str | Path) -> DemoData:
+    """Read a demo model directory's data through its manifest (:data:`MANIFEST`)."""
+    root = Path(model_dir)
+    manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    return DemoData(
+        template=PromptTemplate(manifest["template"]),
+        train=load_jsonl(root / manifest["train_file"]),
+        holdout=load_jsonl(root / manifest["holdout_file"]),
+    )
