@@ -24,7 +24,7 @@ from app.db.models import (
 )
 from app.db.session import session_scope
 from app.settings import get_settings
-from tests.conftest import auth
+from tests.conftest import auth, model_body
 
 FULL_SCOPES = ["requests:write", "requests:read", "models:admin", "audit:read"]
 
@@ -73,12 +73,7 @@ def make_tenant(client: TestClient, label: str, model_dir: Path) -> TenantWorld:
     r = client.post(
         "/v1/models",
         headers=bearer(keys["full"]["key"]),
-        json={
-            "name": "shared",
-            "path": str(model_dir),
-            "retain_path": str(model_dir / "data" / "train.jsonl"),
-            "holdout_path": str(model_dir / "data" / "holdout.jsonl"),
-        },
+        json=model_body(model_dir, "shared"),
     )
     assert r.status_code == 201, r.text
     return TenantWorld(

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from app.db.models import OutboxMessage, UnlearningJob
 from app.db.session import session_scope
 from app.services import dispatch
-from tests.conftest import auth, reset_caches
+from tests.conftest import auth, model_body, reset_caches
 from tests.integration.conftest import QUEUE_KEYS, wait_until
 from tests.integration.test_pipeline import file_request, finished, register, subjects
 
@@ -44,12 +44,7 @@ def test_requests_are_kept_while_the_broker_is_down_and_sent_when_it_returns(
                 client.post(
                     "/v1/models",
                     headers=auth(),
-                    json={
-                        "name": name,
-                        "path": str(model_dir),
-                        "retain_path": str(model_dir / "data" / "train.jsonl"),
-                        "holdout_path": str(model_dir / "data" / "holdout.jsonl"),
-                    },
+                    json=model_body(model_dir, name),
                 ).status_code
                 == 201
             )

@@ -11,7 +11,7 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import auth
+from tests.conftest import auth, model_body
 from workers.engine import certificates
 from workers.engine.qa import answer_correct, load_jsonl
 
@@ -25,13 +25,8 @@ def client(lethe_env):
 
 
 def register(client, demo_model_dir, name=None):
-    body = {
-        "name": name or f"demo-{uuid.uuid4().hex[:8]}",
-        "path": str(demo_model_dir),
-        "retain_path": str(demo_model_dir / "data" / "train.jsonl"),
-        "holdout_path": str(demo_model_dir / "data" / "holdout.jsonl"),
-        "prompt_template": "Question: {question}\nAnswer: {answer}",
-    }
+    body = model_body(demo_model_dir, name or f"demo-{uuid.uuid4().hex[:8]}",
+                      prompt_template="Question: {question}\nAnswer: {answer}")
     resp = client.post("/v1/models", json=body, headers=auth())
     assert resp.status_code == 201, resp.text
     return resp.json()
@@ -83,12 +78,7 @@ def test_errors_are_problem_json_with_a_useful_detail(client, demo_model_dir):
     resp = client.post(
         "/v1/models",
         headers=auth(),
-        json={
-            "name": body["name"],
-            "path": str(demo_model_dir),
-            "retain_path": str(demo_model_dir / "data" / "train.jsonl"),
-            "holdout_path": str(demo_model_dir / "data" / "holdout.jsonl"),
-        },
+        json=model_body(demo_model_dir, body["name"]),
     )
     assert resp.status_code == 409
     resp = client.post(

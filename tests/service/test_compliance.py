@@ -23,7 +23,7 @@ from app.db.base import utcnow
 from app.db.models import ApiKey, AuditEvent, Certificate, ErasureRequest, UnlearningJob
 from app.db.session import get_engine, session_scope
 from app.services import audit, dispatch, privacy, ratelimit
-from tests.conftest import RecordingTransport, auth
+from tests.conftest import RecordingTransport, auth, model_body
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +65,7 @@ def tenants(client, demo_model_dir):
         r = client.post(
             "/v1/models",
             headers=bearer(keys["full"]),
-            json={
-                "name": "shared",
-                "path": str(demo_model_dir),
-                "retain_path": str(demo_model_dir / "data" / "train.jsonl"),
-                "holdout_path": str(demo_model_dir / "data" / "holdout.jsonl"),
-            },
+            json=model_body(demo_model_dir, "shared"),
         )
         assert r.status_code == 201, r.text
         out[label] = {"id": tid, **keys}

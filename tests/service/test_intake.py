@@ -18,7 +18,7 @@ from app.services import audit, dispatch, ratelimit, scheduling, tenancy
 from app.services.errors import NotFound
 from app.services.group_commit import commit_batch, committer
 from app.services.intake import Submission
-from tests.conftest import ORIGINAL_BROKER_URL, RecordingTransport, auth
+from tests.conftest import ORIGINAL_BROKER_URL, RecordingTransport, auth, model_body
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +60,7 @@ def tenant(client, demo_model_dir):
     resp = client.post(
         "/v1/models",
         headers=bearer(admin),
-        json={
-            "name": "m",
-            "path": str(demo_model_dir),
-            "retain_path": str(demo_model_dir / "data" / "train.jsonl"),
-            "holdout_path": str(demo_model_dir / "data" / "holdout.jsonl"),
-        },
+        json=model_body(demo_model_dir, "m"),
     )
     assert resp.status_code == 201, resp.text
     return tid

@@ -18,7 +18,7 @@ from app.db.base import utcnow
 from app.db.models import WebhookDelivery
 from app.db.session import session_scope
 from app.services import dispatch, webhooks
-from tests.conftest import RecordingTransport, auth
+from tests.conftest import RecordingTransport, auth, model_body
 
 
 class Receiver:
@@ -65,12 +65,7 @@ def setup(lethe_env, demo_model_dir):
             client.post(
                 "/v1/models",
                 headers=headers,
-                json={
-                    "name": "m",
-                    "path": str(demo_model_dir),
-                    "retain_path": str(demo_model_dir / "data" / "train.jsonl"),
-                    "holdout_path": str(demo_model_dir / "data" / "holdout.jsonl"),
-                },
+                json=model_body(demo_model_dir, "m"),
             ).status_code
             == 201
         )
