@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError, OperationalError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.services.errors import LetheError
@@ -69,8 +69,12 @@ def install(app: FastAPI) -> None:
             "character in text); nothing was changed",
         )
 
+    # a connection the database dropped (restart, failover) surfaces as either: psycopg
+    # raises InterfaceError for a socket it already knows is closed, OperationalError
+    # for one it finds closed mid-statement
+    @app.exception_handler(InterfaceError)
     @app.exception_handler(OperationalError)
-    async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
+    async def _db_down(_: Request, exc: OperationalError | InterfaceError) -> JSONResponse:
         return problem(
             503,
             "Service unavailable",

@@ -101,3 +101,25 @@ def test_item_digest_names_the_fact_not_the_evidence_supplied_with_it():
               "paraphrased_answer": "In Oslo", "perturbed_answers": ["Rome"]}
     assert item_digest(richer) == item_digest(plain)
     assert item_digest({**plain, "answer": "Rome"}) != item_digest(plain)
+
+
+@pytest.mark.parametrize("error", ["OperationalError", "InterfaceError"])
+def test_a_dropped_database_connection_answers_503_problem_json(error):
+    import sqlalchemy.exc
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from app.api.errors import install
+
+    app = FastAPI()
+    install(app)
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise getattr(sqlalchemy.exc, error)("SELECT 1", {}, Exception("connection is closed"))
+
+    resp = TestClient(app, raise_server_exceptions=False).get("/boom")
+    assert resp.status_code == 503
+    assert resp.headers["content-type"] == "application/problem+json"
+    assert resp.headers["retry-after"] == "5"
+    assert "database is unavailable" in resp.json()["detail"]
