@@ -77,6 +77,8 @@ def test_run_tofu_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
         assert isinstance(report[key], float), key
     assert 0.0 <= report["forget_quality"] <= 1.0
     assert 0.0 <= report["mia_auc"] <= 1.0
+    assert report["privleak"] == pytest.approx(
+        (report["mia_auc"] - report["mia_auc_reference"]) / report["mia_auc_reference"] * 100)
     assert set(report["by_method"]) == {"npo", "task_vector"}
 
 

@@ -22,6 +22,7 @@ from workers.engine.unlearn import (
     UnlearnResult,
     forget_items,
     npo_loss,
+    score_items,
 )
 from workers.engine.verifier import VerifierPolicy, judge_full, measure_full
 from workers.engine.versions import load_version, sha256_file
@@ -188,6 +189,34 @@ def test_rejects_empty_sets(demo_model_dir: Path, sets: dict[str, Any], tmp_path
         run_unlearning(model, tok, [], sets["retain"], NPOMethodConfig(), tmp_path)
     with pytest.raises(ValueError):
         run_unlearning(model, tok, sets["forget"], [], NPOMethodConfig(), tmp_path)
+
+
+def test_stranger_level_trusts_the_counterfactual_only_for_answers_said_about_strangers(
+        demo_model_dir: Path) -> None:
+    from workers.engine.baselines import counterfactuals, neighbours, stranger_level
+    from workers.engine.qa import answer_correct
+
+    model, tok = load_version(demo_model_dir)
+    kinds = set()
+    for subject in range(3):
+        s = demo_sets(demo_model_dir, subject)
+        items, holdout = forget_items(s["forget"], True), s["holdout"]
+        level = stranger_level(model, tok, items, holdout, 4)
+        cf = score_items(model, tok, counterfactuals(items, holdout, 4)).item_probability
+        cf = cf.view(len(items), 4).mean(-1)
+        own = score_items(model, tok, holdout).item_probability
+        for i, near in enumerate(neighbours(items, holdout, 4)):
+            # what the model answers, decoding greedily, when asked about the strangers
+            said = greedy_generate(model, tok, [holdout[j].prompt for j in near],
+                                   max_new_tokens=8)
+            if any(answer_correct(g, items[i].target) for g in said):
+                kinds.add("shared")
+                assert float(level[i]) == pytest.approx(float(cf[i]))
+            else:
+                kinds.add("own")
+                expected = min(float(cf[i]), float(own[near].mean()))
+                assert float(level[i]) == pytest.approx(expected, rel=1e-4)
+    assert kinds == {"shared", "own"}  # the demo model has both kinds of answer
 
 
 def test_forget_batch_grows_with_the_batch_of_people() -> None:

@@ -12,8 +12,9 @@ So for each forget item Lethe asks the same kind of question about never-seen pe
 the ``k`` holdout items whose question is most like the forget item's (word overlap,
 names aside since they never match), each paired with the *forget item's* answer. The
 model's scores on those pairs are the chance level of that very answer for that kind of
-question. The verifier holds forget sets to this level (:mod:`workers.engine.verifier`)
-and early stopping aims at it per item (:mod:`workers.engine.training`).
+question. The verifier holds forget sets to this level (:mod:`workers.engine.verifier`);
+early stopping aims per item at :func:`stranger_level`, which trusts it only where the
+model actually gives that answer about strangers (:mod:`workers.engine.training`).
 """
 
 from __future__ import annotations
@@ -63,16 +64,36 @@ def counterfactuals(forget: Sequence[Example], holdout: Sequence[Example], k: in
     return out
 
 
-def counterfactual_probability(
+def stranger_level(
     model: Any, tokenizer: Any, forget: Sequence[Example], holdout: Sequence[Example],
     k: int, max_length: int = 128,
 ) -> torch.Tensor:
-    """Per forget item, the model's mean per-token probability of its answer to the ``k``
-    most similar never-seen people's questions (shape ``[len(forget)]``)."""
+    """Per forget item, the answer probability (per token) that makes it a stranger's:
+    the counterfactual level where the model *says* that answer about strangers, else
+    the lower of the counterfactual level and the strangers' own answers' level.
+
+    The counterfactual score is teacher-forced, and that leaks for answers the model
+    learned word for word: once a memorised sentence's first tokens are given, the rest
+    follows whoever the question was about (TOFU's forget answers score 0.45 per token
+    after a stranger's question; a model retrained without them gives them 0.0003, and
+    strangers' own answers score 0.0002). The leak shows in the argmax: the model never
+    produces that sentence for a stranger. So the counterfactual level is trusted for an
+    item only if greedy decoding gives its answer for at least one of the ``k``
+    neighbouring strangers (a shared answer: "cello", a common city), and an answer the
+    model says about nobody else must fall to where strangers' own answers are."""
     from workers.engine.unlearn import score_items
 
-    items = counterfactuals(forget, holdout, k)
-    if not items:
+    near = neighbours(forget, holdout, k)
+    if not holdout or not forget or k <= 0:
         return torch.full((len(forget),), float("nan"))
-    probs = score_items(model, tokenizer, items, max_length).item_probability
-    return probs.view(len(forget), -1).mean(-1)
+    cf_items = [dataclasses.replace(holdout[i], target=ex.target)
+                for ex, idx in zip(forget, near, strict=True) for i in idx]
+    cf = score_items(model, tokenizer, cf_items, max_length)
+    cf_prob = cf.item_probability.view(len(forget), -1)
+    said = cf.known.view(len(forget), -1).any(-1)
+    used = sorted({i for idx in near for i in idx})
+    own = score_items(model, tokenizer, [holdout[i] for i in used], max_length).item_probability
+    own_of = dict(zip(used, own.tolist(), strict=True))
+    own_level = torch.tensor([sum(own_of[i] for i in idx) / len(idx) for idx in near])
+    level = cf_prob.mean(-1)
+    return torch.where(said, level, torch.minimum(level, own_level))

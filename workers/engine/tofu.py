@@ -16,7 +16,11 @@ then unlearns the forget split from the original with
   world facts, so those sets (reported separately as ``*_option_probability``) sit at
   chance for every model and would only flatten the comparison;
 - ``mia_auc``: ROC AUC of Min-K% (k = 0.4) scores, forget items (members) against the
-  matching holdout authors (never trained), for each model;
+  matching holdout authors (never trained), for each model; ``privleak`` (MUSE):
+  ``(AUC_unlearned − AUC_reference) / AUC_reference · 100`` — about 0 when the unlearned
+  model tells forgotten from never-seen authors no better or worse than retraining does,
+  strongly negative when it over-unlearns (the forgotten authors stand out as *less*
+  familiar than never-seen ones);
 - ``unlearn_seconds``, ``retrain_seconds``, ``original_seconds`` (wall clock).
 
 Author selection: ``authors`` = N keeps the forget split's k authors (the last k of
@@ -182,6 +186,12 @@ def roc_auc(members: torch.Tensor, non_members: torch.Tensor) -> float:
     n, m = len(members), len(non_members)
     u = ranks[:n].sum() - n * (n + 1) / 2
     return float(u / (n * m))
+
+
+def privleak(auc_unlearned: float, auc_reference: float) -> float:
+    """MUSE's PrivLeak in percent: the unlearned model's MIA AUC relative to the
+    retrained reference's (0: the same; negative: over-unlearned)."""
+    return (auc_unlearned - auc_reference) / auc_reference * 100
 
 
 def harmonic_mean(values: Sequence[float]) -> float:
@@ -392,6 +402,7 @@ def run_tofu(
                 "forget_quality": quality(tr_unl),
                 "model_utility_unlearned": s_unl.model_utility,
                 "mia_auc": s_unl.mia_auc,
+                "privleak": privleak(s_unl.mia_auc, s_ref.mia_auc),
                 "unlearn_seconds": result.seconds,
                 "unlearn_steps": result.steps,
                 "stopped_early": result.stopped_early,
@@ -420,6 +431,7 @@ def run_tofu(
             "mia_auc": first["mia_auc"],
             "mia_auc_original": s_orig.mia_auc,
             "mia_auc_reference": s_ref.mia_auc,
+            "privleak": first["privleak"],
             "unlearn_seconds": first["unlearn_seconds"],
             "retrain_seconds": retrain_seconds,
             "original_seconds": original_seconds,
@@ -452,13 +464,14 @@ def bench_tofu(data_dir: str | Path, split: str = "forget01", authors: int | Non
                       cache_dir=cache_dir)
     keys = ("forget_quality", "forget_quality_original", "model_utility_original",
             "model_utility_unlearned", "model_utility_reference", "mia_auc_original",
-            "mia_auc", "mia_auc_reference", "unlearn_seconds", "retrain_seconds")
+            "mia_auc", "mia_auc_reference", "privleak", "unlearn_seconds", "retrain_seconds")
     stream = sys.stderr if json_out else sys.stdout
     for key in keys:
         print(f"{key:26s} {report[key]:.4g}", file=stream)
     for name, res in report["by_method"].items():
         print(f"{name:12s} forget_quality {res['forget_quality']:.3g}  utility "
               f"{res['model_utility_unlearned']:.3f}  mia_auc {res['mia_auc']:.3f}  "
+              f"privleak {res['privleak']:+.0f}%  "
               f"{res['unlearn_seconds']:.1f}s", file=stream)
     if json_out:
         print(json.dumps(report))

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from workers.engine.baselines import counterfactual_probability
+from workers.engine.baselines import stranger_level
 from workers.engine.methods import (
     BaseMethodConfig,
     Method,
@@ -72,9 +72,9 @@ def stop_targets(cfg: BaseMethodConfig, model: Any, tokenizer: Any, items: Seque
                  holdout: Sequence[Example] | None) -> torch.Tensor | None:
     """Early stopping's per-item answer-probability targets for the trained forget
     ``items`` (``None``: no early stopping): ``stop_probability`` when set; else each
-    item's counterfactual level — the model's probability of that answer to the same
-    kind of question about never-seen people (:mod:`workers.engine.baselines`), measured
-    before training; else :data:`FALLBACK_STOP_PROBABILITY`. Times ``stop_ratio``."""
+    item's stranger level among the never-seen people of ``holdout``
+    (:func:`workers.engine.baselines.stranger_level`), measured before training; else
+    :data:`FALLBACK_STOP_PROBABILITY`. Times ``stop_ratio``."""
     if not cfg.early_stop:
         return None
     if cfg.stop_probability is not None:
@@ -82,8 +82,8 @@ def stop_targets(cfg: BaseMethodConfig, model: Any, tokenizer: Any, items: Seque
     elif not holdout:
         level = torch.full((len(items),), FALLBACK_STOP_PROBABILITY)
     else:
-        level = counterfactual_probability(model, tokenizer, items, holdout, STOP_NEIGHBOURS,
-                                           cfg.max_length)
+        level = stranger_level(model, tokenizer, items, holdout, STOP_NEIGHBOURS,
+                               cfg.max_length)
     return cfg.stop_ratio * level
 
 

@@ -47,13 +47,14 @@ class BaseMethodConfig(BaseModel):
     ``gradient_checkpointing`` trades compute for activation memory (CUDA-sized models).
 
     Early stopping (``early_stop``): every ``stop_check_every`` steps (default: once per
-    pass over the forget items) the loop scores the forget items; an item whose
-    per-token answer probability is at most its target leaves the forget batches (it
-    comes back if it rises again), and training stops once every item has. The target is
-    ``stop_probability`` when set, else the item's counterfactual level — the model's
-    probability of that same answer to the same kind of question about the never-seen
-    people given to the loop, measured before training (:mod:`workers.engine.baselines`)
-    — times ``stop_ratio`` (verification's escalation lowers it when a retry must forget
+    pass over the forget items) the loop scores the forget items, and training stops
+    once every item's per-token answer probability is at most its target. The target is
+    ``stop_probability`` when set, else the item's stranger level, measured before
+    training on the never-seen people given to the loop
+    (:func:`workers.engine.baselines.stranger_level`: the model's probability of that
+    same answer to the same kind of question about them where the model gives that
+    answer about them, else no more than their own answers' level) — times
+    ``stop_ratio`` (verification's escalation lowers it when a retry must forget
     harder). Stopping there, not below,
     is what the verifier wants: an erased person who ends up *less* likely than a stranger
     stands out (over-unlearning), and every further step costs other people's facts. The
