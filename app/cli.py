@@ -400,6 +400,7 @@ def bench_tofu(
     json_output: Annotated[bool, typer.Option("--json", help="one JSON object last")] = False,
     cache: Annotated[Path | None, typer.Option(
         help="keep the trained original/reference models here and reuse them")] = None,
+    seed: Annotated[int, typer.Option(help="seed of model training and unlearning")] = 0,
 ) -> None:
     """TOFU: train an original and a retrained reference model, unlearn the forget split
     through the workers' engine, report forget quality, utility, MIA and wall times."""
@@ -415,6 +416,7 @@ def bench_tofu(
         method=methods if len(methods) > 1 else methods[0],
         json_out=json_output,
         cache_dir=cache,
+        seed=seed,
     )
 
 

@@ -31,13 +31,16 @@ def main(argv: list[str] | None = None) -> int:
                         help='method config overrides, e.g. \'{"max_steps": 40}\'')
     parser.add_argument("--cache", default=None, metavar="DIR",
                         help="keep the trained original/reference models here and reuse them")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of model training and unlearning (the method's seed "
+                             "unless --set gives one)")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     args = parser.parse_args(argv)
     unknown = set(args.method.split(",")) - set(METHOD_NAMES)
     if unknown:
         parser.error(f"unknown method(s) {sorted(unknown)}; choose from {METHOD_NAMES}")
     bench_tofu(args.data, args.split, args.authors, args.method, args.json,
-               method_overrides=json.loads(args.set), cache_dir=args.cache)
+               method_overrides=json.loads(args.set), cache_dir=args.cache, seed=args.seed)
     return 0
 
 

@@ -71,7 +71,8 @@ def test_run_tofu_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tofu, "EVAL_ITEMS", 8)
     micro = dataclasses.replace(TOFU_RECIPE, hidden=32, layers=1, heads=2, intermediate=64,
                                 vocab_size=512, epochs=1)
-    report = run_tofu(TOFU, "forget01", 3, "npo,task_vector", {"max_steps": 2}, recipe=micro)
+    report = run_tofu(TOFU, "forget01", 3, "npo,task_vector", {"max_steps": 2}, recipe=micro,
+                      seed=3)
     for key in ("forget_quality", "model_utility_unlearned", "model_utility_original",
                 "model_utility_reference", "mia_auc", "unlearn_seconds", "retrain_seconds"):
         assert isinstance(report[key], float), key
@@ -80,6 +81,8 @@ def test_run_tofu_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
     assert report["privleak"] == pytest.approx(
         (report["mia_auc"] - report["mia_auc_reference"]) / report["mia_auc_reference"] * 100)
     assert set(report["by_method"]) == {"npo", "task_vector"}
+    # one seed for the models and the unlearning
+    assert report["seed"] == 3 and report["by_method"]["npo"]["method_config"]["seed"] == 3
 
 
 @needs_data

@@ -390,7 +390,8 @@ def run_tofu(
         holdout_ex = [template.example(r["question"], r["answer"]) for r in sets.holdout]
         by_method: dict[str, dict[str, Any]] = {}
         for name in methods:
-            config = parse_method_config({"method": name, **(method_overrides or {})})
+            config = parse_method_config({"method": name, "seed": seed,
+                                          **(method_overrides or {})})
             candidate = copy.deepcopy(original)
             with tempfile.TemporaryDirectory() as tmp:
                 out = Path(work_dir) / f"adapter-{name}" if work_dir else Path(tmp) / "adapter"
@@ -443,6 +444,7 @@ def run_tofu(
             "scores": {"original": asdict(s_orig), "reference": asdict(s_ref),
                        "unlearned": first["scores"]},
             "by_method": by_method,
+            "seed": seed,
             "recipe": asdict(recipe),
             "torch_threads": torch.get_num_threads(),
             "total_seconds": time.perf_counter() - started,
@@ -454,12 +456,12 @@ def run_tofu(
 def bench_tofu(data_dir: str | Path, split: str = "forget01", authors: int | None = 10,
                method: str | Sequence[str] = "npo", json_out: bool = False,
                method_overrides: dict[str, Any] | None = None,
-               cache_dir: str | Path | None = None) -> dict[str, Any]:
+               cache_dir: str | Path | None = None, seed: int = 0) -> dict[str, Any]:
     """CLI hook for ``lethe bench tofu``: runs :func:`run_tofu`, prints progress and a
     summary, and with ``json_out`` prints the report as one JSON object last."""
     import sys
 
-    report = run_tofu(data_dir, split, authors, method, method_overrides,
+    report = run_tofu(data_dir, split, authors, method, method_overrides, seed=seed,
                       log=lambda msg: print(f"[tofu] {msg}", file=sys.stderr, flush=True),
                       cache_dir=cache_dir)
     keys = ("forget_quality", "forget_quality_original", "model_utility_original",
