@@ -30,6 +30,9 @@ TOFU = next(
     Path("/work/shared/datasets/tofu"),
 )
 needs_data = pytest.mark.skipif(not (TOFU / "full.jsonl").exists(), reason="no TOFU data")
+# a model small enough that the benchmark's plumbing runs in seconds
+MICRO = dataclasses.replace(TOFU_RECIPE, hidden=32, layers=1, heads=2, intermediate=64,
+                            vocab_size=512, epochs=1)
 
 
 def test_rouge_l_recall() -> None:
@@ -69,9 +72,7 @@ def test_run_tofu_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
     # fewer and shorter generations: the smoke test checks the plumbing, not the numbers
     monkeypatch.setattr(tofu, "ROUGE_NEW_TOKENS", 8)
     monkeypatch.setattr(tofu, "EVAL_ITEMS", 8)
-    micro = dataclasses.replace(TOFU_RECIPE, hidden=32, layers=1, heads=2, intermediate=64,
-                                vocab_size=512, epochs=1)
-    report = run_tofu(TOFU, "forget01", 3, "npo,task_vector", {"max_steps": 2}, recipe=micro,
+    report = run_tofu(TOFU, "forget01", 3, "npo,task_vector", {"max_steps": 2}, recipe=MICRO,
                       seed=3)
     for key in ("forget_quality", "model_utility_unlearned", "model_utility_original",
                 "model_utility_reference", "mia_auc", "unlearn_seconds", "retrain_seconds"):
@@ -94,13 +95,11 @@ def test_run_tofu_cache_reuses_trained_models(monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(tofu, "ROUGE_NEW_TOKENS", 4)
     monkeypatch.setattr(tofu, "EVAL_ITEMS", 4)
-    micro = dataclasses.replace(TOFU_RECIPE, hidden=32, layers=1, heads=2, intermediate=64,
-                                vocab_size=512, epochs=1)
-    first = run_tofu(TOFU, "forget01", 3, "npo", {"max_steps": 1}, recipe=micro,
+    first = run_tofu(TOFU, "forget01", 3, "npo", {"max_steps": 1}, recipe=MICRO,
                      cache_dir=tmp_path)
     trained = []
     monkeypatch.setattr(tofu, "train", lambda *a, **k: trained.append(1))
-    second = run_tofu(TOFU, "forget01", 3, "npo", {"max_steps": 1}, recipe=micro,
+    second = run_tofu(TOFU, "forget01", 3, "npo", {"max_steps": 1}, recipe=MICRO,
                       cache_dir=tmp_path)
     assert not trained
     assert second["retrain_seconds"] == first["retrain_seconds"]

@@ -58,10 +58,14 @@ def counterfactuals(forget: Sequence[Example], holdout: Sequence[Example], k: in
                     ) -> list[Example]:
     """``k`` examples per forget item (in forget order): a similar holdout item's prompt,
     question and paraphrases with the forget item's answer."""
-    out = []
-    for ex, near in zip(forget, neighbours(forget, holdout, k), strict=True):
-        out += [dataclasses.replace(holdout[i], target=ex.target) for i in near]
-    return out
+    return _paired(forget, holdout, neighbours(forget, holdout, k))
+
+
+def _paired(forget: Sequence[Example], holdout: Sequence[Example],
+            near: Sequence[Sequence[int]]) -> list[Example]:
+    """Each forget item's answer asked with its ``near`` holdout items' questions."""
+    return [dataclasses.replace(holdout[i], target=ex.target)
+            for ex, idx in zip(forget, near, strict=True) for i in idx]
 
 
 def stranger_level(
@@ -83,12 +87,10 @@ def stranger_level(
     model says about nobody else must fall to where strangers' own answers are."""
     from workers.engine.unlearn import score_items
 
-    near = neighbours(forget, holdout, k)
     if not holdout or not forget or k <= 0:
         return torch.full((len(forget),), float("nan"))
-    cf_items = [dataclasses.replace(holdout[i], target=ex.target)
-                for ex, idx in zip(forget, near, strict=True) for i in idx]
-    cf = score_items(model, tokenizer, cf_items, max_length)
+    near = neighbours(forget, holdout, k)  # once: the own-answer level reuses it
+    cf = score_items(model, tokenizer, _paired(forget, holdout, near), max_length)
     cf_prob = cf.item_probability.view(len(forget), -1)
     said = cf.known.view(len(forget), -1).any(-1)
     used = sorted({i for idx in near for i in idx})
