@@ -401,11 +401,16 @@ def bench_tofu(
     cache: Annotated[Path | None, typer.Option(
         help="keep the trained original/reference models here and reuse them")] = None,
     seed: Annotated[int, typer.Option(help="seed of model training and unlearning")] = 0,
+    model_size: Annotated[str, typer.Option(
+        help="small: the CPU model; medium: ~36 M parameters, for a GPU")] = "small",
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
 ) -> None:
     """TOFU: train an original and a retrained reference model, unlearn the forget split
     through the workers' engine, report forget quality, utility, MIA and wall times."""
     if split not in ("forget01", "forget05", "forget10"):
         raise typer.BadParameter("forget01, forget05 or forget10", param_hint="--split")
+    if model_size not in ("small", "medium"):
+        raise typer.BadParameter("small or medium", param_hint="--model-size")
     from workers.engine.tofu import bench_tofu as run
 
     methods = [m.strip() for m in method.split(",") if m.strip()]
@@ -417,6 +422,8 @@ def bench_tofu(
         json_out=json_output,
         cache_dir=cache,
         seed=seed,
+        model_size=model_size,
+        device=device,
     )
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workers.engine.methods import METHOD_NAMES  # noqa: E402
-from workers.engine.tofu import SPLITS, bench_tofu  # noqa: E402
+from workers.engine.tofu import SPLITS, TOFU_RECIPES, bench_tofu  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,13 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of model training and unlearning (the method's seed "
                              "unless --set gives one)")
+    parser.add_argument("--model-size", choices=sorted(TOFU_RECIPES), default="small",
+                        help="small: the CPU model; medium: ~36 M parameters, for a GPU")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     args = parser.parse_args(argv)
     unknown = set(args.method.split(",")) - set(METHOD_NAMES)
     if unknown:
         parser.error(f"unknown method(s) {sorted(unknown)}; choose from {METHOD_NAMES}")
     bench_tofu(args.data, args.split, args.authors, args.method, args.json,
-               method_overrides=json.loads(args.set), cache_dir=args.cache, seed=args.seed)
+               method_overrides=json.loads(args.set), cache_dir=args.cache, seed=args.seed,
+               model_size=args.model_size, device=args.device)
     return 0
 
 

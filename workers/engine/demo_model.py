@@ -17,6 +17,7 @@ use the same primitives see the model exactly as it was taught.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -233,8 +234,12 @@ def train(
         opt, lambda s: _lr_factor(s, total, warmup, recipe.final_lr_frac)
     )
     # tokenised once: encode() of a subset equals the rows of the full batch cut to width
-    full = encode(tokenizer, examples)
-    lengths = full["attention_mask"].sum(1)
+    device = next(model.parameters()).device
+    full = {k: v.to(device) for k, v in encode(tokenizer, examples).items()}
+    lengths = full["attention_mask"].sum(1).cpu()
+    # on CUDA the matrix products run in bf16 (weights and optimiser stay fp32)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else contextlib.nullcontext())
     model.train()
     step, epoch_loss = 0, float("nan")
     report_every = max(1, total // 100)
@@ -244,8 +249,9 @@ def train(
         for start in range(0, len(order), recipe.batch_size):
             idx = order[start : start + recipe.batch_size]
             width = int(lengths[idx].max())
-            batch = {k: v[idx, :width] for k, v in full.items()}
-            loss_t = answer_loss(model, batch)
+            batch = {k: v[idx.to(device), :width] for k, v in full.items()}
+            with autocast:
+                loss_t = answer_loss(model, batch)
             opt.zero_grad(set_to_none=True)
             loss_t.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)

@@ -162,22 +162,20 @@ def _target_ids(tokenizer: Any, target: str) -> list[int]:
     return ids
 
 
-def encode(
-    tokenizer: Any, examples: Sequence[Example], max_length: int = 256
-) -> dict[str, torch.Tensor]:
-    """Right-padded batch with ``labels`` = target tokens (+ EOS) and -100 elsewhere.
+TokenRow = tuple[list[int], list[int]]  # (prompt ids, target ids) of one example
 
-    Prompt and target are tokenised separately so that the target's tokens are the same
-    whatever the prompt; long prompts are cut from the left, the target is kept whole
-    as far as ``max_length`` allows.
-    """
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rows: list[tuple[list[int], list[int]]] = []
-    for ex in examples:
-        p, t = _prompt_ids(tokenizer, ex.prompt), _target_ids(tokenizer, ex.target)
-        t = t[:max_length]
-        p = p[-(max_length - len(t)) :] if max_length - len(t) > 0 else []
-        rows.append((p, t))
+
+def tokenize(tokenizer: Any, example: Example, max_length: int = 256) -> TokenRow:
+    """The prompt and target token ids :func:`encode` puts in one row: target (+ EOS) kept
+    whole as far as ``max_length`` allows, the prompt cut from the left to fit."""
+    p, t = _prompt_ids(tokenizer, example.prompt), _target_ids(tokenizer, example.target)
+    t = t[:max_length]
+    p = p[-(max_length - len(t)) :] if max_length - len(t) > 0 else []
+    return p, t
+
+
+def collate(rows: Sequence[TokenRow], pad: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch of tokenised rows; see :func:`encode`."""
     width = max(len(p) + len(t) for p, t in rows)
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
@@ -188,6 +186,23 @@ def encode(
         labels[i, len(p) : n] = torch.tensor(t)
         attention[i, :n] = 1
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def pad_id(tokenizer: Any) -> int:
+    pad = tokenizer.pad_token_id
+    return int(pad if pad is not None else tokenizer.eos_token_id)
+
+
+def encode(
+    tokenizer: Any, examples: Sequence[Example], max_length: int = 256
+) -> dict[str, torch.Tensor]:
+    """Right-padded batch with ``labels`` = target tokens (+ EOS) and -100 elsewhere.
+
+    Prompt and target are tokenised separately so that the target's tokens are the same
+    whatever the prompt; long prompts are cut from the left, the target is kept whole
+    as far as ``max_length`` allows.
+    """
+    return collate([tokenize(tokenizer, ex, max_length) for ex in examples], pad_id(tokenizer))
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,6 +230,10 @@ def sequence_logprob(
 def to_device(
     batch: dict[str, torch.Tensor], device: torch.device | str
 ) -> dict[str, torch.Tensor]:
+    """Move a batch to ``device``; to CUDA through pinned memory without blocking, so
+    the copy overlaps the work already queued."""
+    if torch.device(device).type == "cuda":
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
     return {k: v.to(device) for k, v in batch.items()}
 
 

@@ -64,6 +64,14 @@ TOFU_RECIPE = Recipe(
     hidden=192, layers=4, heads=4, intermediate=512, vocab_size=4096,
     epochs=40, batch_size=16, lr=2e-3,
 )
+# A larger model for accelerators (~36 M parameters, the size of the calibration anchor in
+# docs/benchmarks.md): it trains on all 200 authors in about a minute on one GPU.
+TOFU_RECIPE_MEDIUM = Recipe(
+    n_train_people=0, n_holdout_people=0, n_trained_variants=1,
+    hidden=512, layers=8, heads=8, intermediate=1536, vocab_size=8192,
+    epochs=30, batch_size=32, lr=1e-3,
+)
+TOFU_RECIPES = {"small": TOFU_RECIPE, "medium": TOFU_RECIPE_MEDIUM}
 EVAL_ITEMS = 40  # retain items used for utility (deterministic, evenly spaced)
 ROUGE_NEW_TOKENS = 96
 
@@ -277,20 +285,23 @@ def score_model(model: Any, tokenizer: Any, sets: TofuSets,
 
 
 def _train_model(rows: Sequence[dict[str, Any]], tokenizer: Any, template: PromptTemplate,
-                 recipe: Recipe, seed: int, cache: Path | None = None) -> tuple[Any, float]:
-    """Train a model on ``rows``; with ``cache`` (a directory), reuse the model saved
-    there by an earlier run of the same rows, recipe and seed (the training time
-    reported is the one measured when it was trained)."""
+                 recipe: Recipe, seed: int, cache: Path | None = None,
+                 device: str = "cpu") -> tuple[Any, float]:
+    """Train a model on ``rows`` on ``device``; with ``cache`` (a directory), reuse the
+    model saved there by an earlier run of the same rows, recipe and seed (the training
+    time reported is the one measured when it was trained)."""
     if cache is not None and (cache / "seconds.json").exists():
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(str(cache))
+        model = AutoModelForCausalLM.from_pretrained(str(cache)).to(device)
         return model, float(json.loads((cache / "seconds.json").read_text())["seconds"])
     torch.manual_seed(seed)
-    model = make_model(recipe, tokenizer)
+    model = make_model(recipe, tokenizer).to(device)
     examples = [template.example(r["question"], r["answer"]) for r in rows]
     t0 = time.perf_counter()
     train(model, tokenizer, examples, recipe, seed)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     if cache is not None:
         model.save_pretrained(str(cache), safe_serialization=True)
@@ -318,8 +329,10 @@ def run_tofu(
     work_dir: str | Path | None = None,
     log: Any = None,
     cache_dir: str | Path | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """Run the benchmark; returns the JSON-ready report (see module docstring).
+    """Run the benchmark on ``device``; returns the JSON-ready report (see module
+    docstring).
 
     ``cache_dir``: keep the trained original and reference models (and tokenizer) there,
     keyed by what they depend on, so that comparing methods or settings on the same
@@ -370,11 +383,11 @@ def run_tofu(
 
         original, original_seconds = _train_model(
             [*sets.retain, *sets.forget], tokenizer, template, recipe, seed,
-            None if cache is None else cache / "original")
+            None if cache is None else cache / "original", device)
         say(f"original trained in {original_seconds:.0f}s")
         reference, retrain_seconds = _train_model(
             sets.retain, tokenizer, template, recipe, seed,
-            None if cache is None else cache / "reference")
+            None if cache is None else cache / "reference", device)
         say(f"reference (retain only) trained in {retrain_seconds:.0f}s")
 
         s_orig, tr_orig = score_model(original, tokenizer, sets, template)
@@ -445,6 +458,9 @@ def run_tofu(
                        "unlearned": first["scores"]},
             "by_method": by_method,
             "seed": seed,
+            "device": device,
+            "device_name": (torch.cuda.get_device_name(device) if device.startswith("cuda")
+                            else "cpu"),
             "recipe": asdict(recipe),
             "torch_threads": torch.get_num_threads(),
             "total_seconds": time.perf_counter() - started,
@@ -456,14 +472,19 @@ def run_tofu(
 def bench_tofu(data_dir: str | Path, split: str = "forget01", authors: int | None = 10,
                method: str | Sequence[str] = "npo", json_out: bool = False,
                method_overrides: dict[str, Any] | None = None,
-               cache_dir: str | Path | None = None, seed: int = 0) -> dict[str, Any]:
+               cache_dir: str | Path | None = None, seed: int = 0,
+               model_size: str = "small", device: str = "cpu") -> dict[str, Any]:
     """CLI hook for ``lethe bench tofu``: runs :func:`run_tofu`, prints progress and a
     summary, and with ``json_out`` prints the report as one JSON object last."""
     import sys
 
-    report = run_tofu(data_dir, split, authors, method, method_overrides, seed=seed,
+    if model_size not in TOFU_RECIPES:
+        raise ValueError(f"model size must be one of {sorted(TOFU_RECIPES)}")
+    report = run_tofu(data_dir, split, authors, method, method_overrides,
+                      recipe=TOFU_RECIPES[model_size], seed=seed,
                       log=lambda msg: print(f"[tofu] {msg}", file=sys.stderr, flush=True),
-                      cache_dir=cache_dir)
+                      cache_dir=cache_dir, device=device)
+    report["model_size"] = model_size
     keys = ("forget_quality", "forget_quality_original", "model_utility_original",
             "model_utility_unlearned", "model_utility_reference", "mia_auc_original",
             "mia_auc", "mia_auc_reference", "privleak", "unlearn_seconds", "retrain_seconds")

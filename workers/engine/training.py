@@ -35,7 +35,7 @@ from workers.engine.methods import (
     parse_method_config,
     run_forward,
 )
-from workers.engine.qa import Example, encode, to_device
+from workers.engine.qa import Example, collate, encode, pad_id, to_device, tokenize
 from workers.engine.unlearn import (
     ADAPTER_WEIGHTS,
     Cancelled,
@@ -251,6 +251,18 @@ def run_unlearning(
     def reference() -> contextlib.AbstractContextManager[Any]:
         return peft_model.disable_adapter()
 
+    # tokenised once: every pass draws the same rows again (~90 passes by default)
+    pad = pad_id(tokenizer)
+    item_rows = [tokenize(tokenizer, ex, cfg.max_length) for ex in items]
+    alt_rows = ([tokenize(tokenizer, ex, cfg.max_length) for ex in alts]
+                if alts is not None else None)
+    retain_rows: dict[int, Any] = {}  # retain items as first drawn (the set may be large)
+
+    def retain_row(i: int) -> Any:
+        if i not in retain_rows:
+            retain_rows[i] = tokenize(tokenizer, retain_list[i], cfg.max_length)
+        return retain_rows[i]
+
     history: list[float] = []
     loss_value = float("nan")
     step = 0
@@ -261,14 +273,13 @@ def run_unlearning(
         while step < total:
             step += 1
             idx = [next(forget_order) for _ in range(min(forget_bs, len(items)))]
-            fbatch = to_device(encode(tokenizer, [items[i] for i in idx], cfg.max_length), device)
-            abatch = (to_device(encode(tokenizer, [alts[i] for i in idx], cfg.max_length), device)
-                      if alts is not None else None)
+            fbatch = to_device(collate([item_rows[i] for i in idx], pad), device)
+            abatch = (to_device(collate([alt_rows[i] for i in idx], pad), device)
+                      if alt_rows is not None else None)
             rbatch, ridx = None, []
             if sampler is not None:
                 ridx = sampler.draw()
-                rbatch = to_device(encode(tokenizer, [retain_list[i] for i in ridx],
-                                          cfg.max_length), device)
+                rbatch = to_device(collate([retain_row(i) for i in ridx], pad), device)
             inputs = StepInputs(model=peft_model, forget=fbatch, forget_index=idx,
                                 retain=rbatch, alt=abatch, ref=cache, step=step,
                                 total_steps=total, reference=reference)
