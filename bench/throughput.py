@@ -1,15 +1,26 @@
 """Throughput of one NPO unlearning step (LoRA, forget + retain batch, AdamW) through the
-shared loop, for the demo model sizes on random weights.
+shared loop, on random weights: the demo model sizes, and a Llama-shaped 1.1 B model
+(``llama-1b``: hidden 2048, 22 layers, 32 heads with 4 key/value heads, MLP 5632,
+vocabulary 32000, untied) for accelerators.
 
-Reports per size: steady-state seconds/step (median after warm-up), tokens/s (non-pad
-tokens of the forget and retain batches per second), peak memory (CUDA: max allocated
-bytes; CPU: the process's peak RSS, a high-water mark that includes Python and torch),
-and on CUDA the model FLOPs utilisation against ``--peak-tflops`` (bf16 dense).
-FLOPs per step are estimated as 4·N·T (forward 2·N·T plus the backward pass through the
-frozen weights to reach the LoRA inputs, 2·N·T; LoRA's own weight gradients and attention
-score FLOPs are ignored), N = model parameters, T = tokens per step.
+Every step runs a forget batch and a retain batch of ``--batch-size`` rows each, all rows
+``--seq-len`` tokens long (no padding), through :func:`run_unlearning` exactly as a worker
+does: the reference log-likelihoods of the forget items are computed once before
+training (NPO needs them; they never change), so a step is the trained model's forward
+and backward pass and nothing else.
 
-    python bench/throughput.py --sizes tiny,small --steps 12 [--device cuda] [--json]
+Reports per size and batch size: steady-state seconds/step (median after a quarter of the
+steps as warm-up), tokens/s (tokens the step's forward passes saw, counted on the model,
+not assumed), peak memory (CUDA: max allocated bytes; CPU: the process's peak RSS, which
+includes Python and torch), and on CUDA the model FLOPs utilisation against
+``--peak-tflops`` (dense bf16). FLOPs per step are 4·N·T: forward 2·N·T plus the backward
+pass through the frozen weights to the LoRA inputs 2·N·T, N = the weights a token is
+multiplied by (all parameters but the input embedding), T = tokens. LoRA's own products
+and attention scores are not counted, so the figure is a lower bound.
+
+    python bench/throughput.py --sizes tiny,small --steps 12 [--json]
+    python bench/throughput.py --sizes llama-1b --batch-sizes 8,16,32 --seq-len 512 \\
+        --device cuda --json
 """
 
 from __future__ import annotations
@@ -31,84 +42,153 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from workers.engine.demo_model import RECIPES, default_threads, make_model, train_tokenizer  # noqa: E402
-from workers.engine.qa import Example, encode  # noqa: E402
+from workers.engine.qa import Example  # noqa: E402
 from workers.engine.training import run_unlearning  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(400)]
+LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
+            "num_attention_heads": 32, "num_key_value_heads": 4, "vocab_size": 32000}
+SIZES = (*RECIPES, "llama-1b")
+N_FORGET, N_RETAIN = 64, 256
 
 
-def synthetic(n: int, answer_words: int, rng: random.Random) -> list[Example]:
-    """Question/answer items of fixed shape (token counts differ only by BPE merges)."""
-    return [Example(f"Question: what about item {rng.randrange(10**6)}?\nAnswer: ",
-                    " ".join(rng.choice(WORDS) for _ in range(answer_words)))
+def synthetic(n: int, prompt_words: int, answer_words: int,
+              rng: random.Random) -> list[Example]:
+    """Question/answer items of one shape: the same number of words everywhere."""
+    def words(k: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(k))
+    return [Example(f"Question: {words(prompt_words)}\nAnswer:", words(answer_words))
             for _ in range(n)]
 
 
-def measure(size: str, steps: int, batch_size: int, answer_words: int, device: str,
-            peak_tflops: float) -> dict[str, Any]:
-    rng = random.Random(0)
-    forget, retain = synthetic(64, answer_words, rng), synthetic(256, answer_words, rng)
-    tok = train_tokenizer([e.prompt for e in forget + retain],
-                          [e.target for e in forget + retain], RECIPES[size].vocab_size)
-    torch.manual_seed(0)
-    model = make_model(RECIPES[size], tok).to(device)
+def make(size: str, tok: Any, device: str) -> Any:
+    """Random-weight model of ``size`` on ``device`` (bf16 on CUDA)."""
+    if size == "llama-1b":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig(**LLAMA_1B, max_position_embeddings=4096,
+                             tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    else:
+        model = make_model(RECIPES[size], tok).to(device)
     if device.startswith("cuda"):
         model.to(torch.bfloat16)
+    return model
+
+
+def data(size: str, seq_len: int, rng: random.Random) -> tuple[Any, list[Example], list[Example]]:
+    """Tokenizer and forget/retain items whose rows are all ``seq_len`` tokens or close:
+    every word of the synthetic vocabulary is one token once the BPE has learnt it."""
+    answer_words = max(4, seq_len // 8)
+    prompt_words = max(1, seq_len - answer_words - 6)
+    forget = synthetic(N_FORGET, prompt_words, answer_words, rng)
+    retain = synthetic(N_RETAIN, prompt_words, answer_words, rng)
+    vocab = LLAMA_1B["vocab_size"] if size == "llama-1b" else RECIPES[size].vocab_size
+    tok = train_tokenizer([e.prompt for e in forget + retain],
+                          [e.target for e in forget + retain], vocab)
+    return tok, forget, retain
+
+
+def measure(size: str, model: Any, tok: Any, forget: list[Example], retain: list[Example],
+            steps: int, batch_size: int, seq_len: int, device: str, peak_tflops: float,
+            gradient_checkpointing: bool) -> tuple[dict[str, Any], Any]:
+    """One configuration; returns the row and the model with the LoRA layers removed."""
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     n_params = sum(p.numel() for p in model.parameters())
-    stamps: list[float] = []
+    n_matmul = n_params - model.get_input_embeddings().weight.numel()
+    # tokens every forward pass of the model sees, summed on the device (no sync)
+    seen = torch.zeros((), dtype=torch.long, device=device)
+
+    def count(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        seen.add_(kwargs["attention_mask"].sum())
+
+    hook = model.model.register_forward_pre_hook(count, with_kwargs=True)
+    stamps: list[tuple[float, int]] = []
 
     def progress(step: int, total: int, loss: float) -> bool:
-        if device.startswith("cuda"):
+        if cuda:
             torch.cuda.synchronize()
-        stamps.append(time.perf_counter())
+        stamps.append((time.perf_counter(), int(seen)))
         return True
 
-    # tokens per step: encode the same shapes once to count non-pad tokens
-    per_step = int(encode(tok, forget[:batch_size])["attention_mask"].sum()
-                   + encode(tok, retain[:batch_size])["attention_mask"].sum())
     cfg = {"method": "npo", "max_steps": steps, "batch_size": batch_size,
-           "include_paraphrases": False}
-    with tempfile.TemporaryDirectory() as tmp:
-        run_unlearning(model, tok, forget, retain, cfg, Path(tmp) / "a", progress)
+           "retain_batch_size": batch_size, "forget_steps_per_pass": None,
+           "retain_hard_share": 0.0, "early_stop": False, "include_paraphrases": False,
+           "max_length": seq_len, "gradient_checkpointing": gradient_checkpointing}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_unlearning(model, tok, forget, retain, cfg, Path(tmp) / "a", progress)
+    finally:
+        hook.remove()
     warm = max(1, steps // 4)
-    step_s = statistics.median(b - a for a, b in itertools.pairwise(stamps[warm:]))
+    pairs = list(itertools.pairwise(stamps[warm:]))
+    step_s = statistics.median(b[0] - a[0] for a, b in pairs)
+    per_step = statistics.median(b[1] - a[1] for a, b in pairs)
     out: dict[str, Any] = {
         "size": size, "device": device, "parameters": n_params, "batch_size": batch_size,
+        "seq_len": seq_len, "gradient_checkpointing": gradient_checkpointing,
         "tokens_per_step": per_step, "seconds_per_step": step_s,
         "tokens_per_second": per_step / step_s, "threads": torch.get_num_threads(),
     }
-    if device.startswith("cuda"):
+    if cuda:
+        out["device_name"] = torch.cuda.get_device_name(device)
         out["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated())
-        flops = 4.0 * n_params * per_step
-        out["mfu"] = flops / step_s / (peak_tflops * 1e12)
+        out["mfu"] = 4.0 * n_matmul * per_step / step_s / (peak_tflops * 1e12)
         out["peak_tflops"] = peak_tflops
     else:
         out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return out
+    return out, result.model.unload()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="tiny,small")
+    parser.add_argument("--sizes", default="tiny,small", help=f"comma-separated: {SIZES}")
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--answer-words", type=int, default=12)
+    parser.add_argument("--batch-sizes", default="8",
+                        help="rows per forget batch (and per retain batch), comma-separated")
+    parser.add_argument("--seq-len", type=int, default=32, help="tokens per row")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=989.0,
-                        help="accelerator's dense bf16 peak (H100 SXM: 989)")
+                        help="accelerator's dense bf16 peak (H100/H200 SXM: 989)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    sizes = args.sizes.split(",")
+    if set(sizes) - set(SIZES):
+        parser.error(f"unknown size(s) {sorted(set(sizes) - set(SIZES))}; choose from {SIZES}")
     if args.device == "cpu":
         torch.set_num_threads(default_threads())
-    rows = [measure(s, args.steps, args.batch_size, args.answer_words, args.device,
-                    args.peak_tflops) for s in args.sizes.split(",")]
-    for r in rows:
-        mem = r.get("peak_memory_bytes", r.get("peak_rss_bytes", 0)) / 2**20
-        mfu = f"  MFU {r['mfu']:.2%}" if "mfu" in r else ""
-        print(f"{r['size']:6s} {r['parameters']/1e6:.2f}M params  {r['tokens_per_step']} tok/step  "
-              f"{r['seconds_per_step']*1e3:.0f} ms/step  {r['tokens_per_second']:.0f} tok/s  "
-              f"peak {mem:.0f} MiB{mfu}", file=sys.stderr if args.json else sys.stdout)
+    rows = []
+    for size in sizes:
+        tok, forget, retain = data(size, args.seq_len, random.Random(0))
+        torch.manual_seed(0)
+        model = make(size, tok, args.device)
+        for bs in (int(b) for b in args.batch_sizes.split(",")):
+            try:
+                row, model = measure(size, model, tok, forget, retain, args.steps, bs,
+                                     args.seq_len, args.device, args.peak_tflops,
+                                     args.gradient_checkpointing)
+            except torch.OutOfMemoryError:
+                # run_unlearning has removed its LoRA layers again; larger batches won't fit
+                print(f"{size:8s} batch {bs:3d}: out of memory", file=sys.stderr, flush=True)
+                rows.append({"size": size, "batch_size": bs, "seq_len": args.seq_len,
+                             "gradient_checkpointing": args.gradient_checkpointing,
+                             "out_of_memory": True})
+                break
+            rows.append(row)
+            mem = row.get("peak_memory_bytes", row.get("peak_rss_bytes", 0)) / 2**20
+            mfu = f"  MFU {row['mfu']:.1%}" if "mfu" in row else ""
+            print(f"{size:8s} {row['parameters']/1e6:8.2f}M params  batch {bs:3d}  "
+                  f"{row['tokens_per_step']:.0f} tok/step  "
+                  f"{row['seconds_per_step'] * 1e3:.1f} ms/step  "
+                  f"{row['tokens_per_second']:.0f} tok/s  peak {mem:.0f} MiB{mfu}",
+                  file=sys.stderr if args.json else sys.stdout, flush=True)
+        del model
     if args.json:
         print(json.dumps(rows))
     return 0

@@ -1,0 +1,65 @@
+"""The benchmark scripts' own logic: what bench/throughput.py counts and how bench_tofu
+checks its options (the numbers themselves are in docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from workers.engine.qa import Example, collate, encode, pad_id, tokenize
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str):  # noqa: ANN202 - a module
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_throughput_counts_the_tokens_the_model_saw(capsys: pytest.CaptureFixture[str]) -> None:
+    throughput = _load("throughput")
+    # rows of exactly 24 tokens (prompts are cut from the left to fit), 3 forget + 3
+    # retain rows per step: 144 tokens reach the model each step, counted by its hook
+    assert throughput.main(["--sizes", "tiny", "--steps", "5", "--batch-sizes", "3,2",
+                            "--seq-len", "24", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["batch_size"] for r in rows] == [3, 2]
+    assert [r["tokens_per_step"] for r in rows] == [144, 96]
+    for r in rows:
+        assert r["tokens_per_second"] == pytest.approx(r["tokens_per_step"]
+                                                       / r["seconds_per_step"])
+        assert r["peak_rss_bytes"] > 0 and "mfu" not in r  # MFU only against a GPU's peak
+
+
+def test_throughput_rejects_unknown_sizes() -> None:
+    with pytest.raises(SystemExit):
+        _load("throughput").main(["--sizes", "huge"])
+
+
+def test_bench_tofu_rejects_unknown_model_size(tmp_path: Path) -> None:
+    from workers.engine.tofu import TOFU_RECIPES, bench_tofu
+
+    assert set(TOFU_RECIPES) == {"small", "medium"}
+    with pytest.raises(ValueError, match="model size"):
+        bench_tofu(tmp_path, model_size="large")
+
+
+def test_encode_is_collated_tokenize() -> None:
+    from workers.engine.demo_model import train_tokenizer
+
+    examples = [Example("Question: who is Ada?\nAnswer:", "a mathematician"),
+                Example("Question: where?\nAnswer:", "London, in the year 1815 or so")]
+    tok = train_tokenizer([e.prompt for e in examples], [e.target for e in examples], 300)
+    rows = [tokenize(tok, e, 12) for e in examples]
+    for (p, t), batch_row in zip(rows, encode(tok, examples, 12)["input_ids"], strict=True):
+        assert len(p) + len(t) <= 12
+        assert batch_row[: len(p) + len(t)].tolist() == p + t
+    batch = collate(rows, pad_id(tok))
+    for key, value in encode(tok, examples, 12).items():
+        assert batch[key].equal(value), key
