@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -17,6 +19,7 @@ from app.services.tenancy import Principal, authenticate, authenticate_cached
 from app.settings import get_settings
 
 _bearer = HTTPBearer(auto_error=False, description="an API key")
+log = logging.getLogger(__name__)
 
 
 def get_session() -> Iterator[Session]:
@@ -28,7 +31,14 @@ def get_session() -> Iterator[Session]:
         session.rollback()
         raise
     finally:
-        session.close()
+        try:
+            session.close()
+        except DBAPIError as exc:
+            # the connection died after the route had answered (the database restarted,
+            # say): what the route committed is committed, the rest is gone with the
+            # connection, which SQLAlchemy has invalidated. Raising here could only turn
+            # an answer already on its way into a broken response.
+            log.warning("closing a request's database session failed: %s", exc.orig or exc)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

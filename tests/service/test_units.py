@@ -123,3 +123,37 @@ def test_a_dropped_database_connection_answers_503_problem_json(error):
     assert resp.headers["content-type"] == "application/problem+json"
     assert resp.headers["retry-after"] == "5"
     assert "database is unavailable" in resp.json()["detail"]
+
+
+def test_a_connection_lost_after_the_answer_does_not_break_the_response(monkeypatch):
+    """The request's session is closed after the route has answered; a connection the
+    database dropped in between (a restart) must not turn that answer into an error."""
+    import sqlalchemy.exc
+    from fastapi import Depends, FastAPI
+    from fastapi.testclient import TestClient
+
+    from app.api import deps
+    from app.api.errors import install
+
+    closed: list[bool] = []
+
+    class DroppedSession:
+        def rollback(self) -> None:  # pragma: no cover - the route succeeds
+            raise AssertionError("nothing to roll back")
+
+        def close(self) -> None:
+            closed.append(True)
+            raise sqlalchemy.exc.OperationalError(
+                "ROLLBACK", {}, Exception("terminating connection due to administrator command"))
+
+    monkeypatch.setattr(deps, "get_sessionmaker", lambda: DroppedSession)
+    app = FastAPI()
+    install(app)
+
+    @app.get("/read")
+    def read(session=Depends(deps.get_session)) -> dict[str, str]:
+        return {"ok": "yes"}
+
+    resp = TestClient(app).get("/read")  # server exceptions are raised in the test
+    assert resp.status_code == 200 and resp.json() == {"ok": "yes"}
+    assert closed == [True]
