@@ -182,3 +182,34 @@ def test_cancellation_restores_the_model(name: str, demo_model_dir: Path,
     assert not model.training
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, reference)
+
+
+@pytest.mark.parametrize("keep", [True, False], ids=["logits_to_keep", "full_then_cut"])
+def test_answer_logits_are_the_full_forward_at_answer_positions(
+    keep: bool, demo_model_dir: Path, sets: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The output layer runs only where answers are predicted; what it gives there is
+    what the whole forward pass gives, for models with and without ``logits_to_keep``."""
+    from workers.engine import qa
+
+    model, tok = load_version(demo_model_dir)
+    if not keep:
+        monkeypatch.setattr(qa, "_keeps_logits", lambda cls: False)
+    assert qa._keeps_logits(type(model)) is keep  # transformers' Llama takes logits_to_keep
+    # rows of different prompt and answer lengths, so the kept positions are a union
+    rows = [sets["forget"][0], sets["retain"][3], sets["holdout"][7]]
+    batch = qa.encode(tok, rows)
+    with torch.no_grad():
+        scored = qa.answer_logits(model, batch, hidden=True)
+        full = model(input_ids=batch["input_ids"],
+                     attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    targets = batch["labels"][:, 1:]
+    mask = targets != -100
+    assert scored.positions.tolist() == mask.any(0).nonzero().squeeze(-1).tolist()
+    assert scored.positions.numel() < targets.shape[1]  # prompt positions were skipped
+    assert torch.equal(scored.mask.sum(-1), mask.sum(-1))
+    expected = torch.log_softmax(full, -1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    assert torch.allclose(scored.logprobs().sum(-1), (expected * mask).sum(-1), atol=1e-4)
+    assert torch.allclose(scored.logits[scored.mask].float(), full[mask], atol=1e-4)
+    assert torch.equal(scored.targets[scored.mask], targets[mask])
+    assert scored.hidden is not None and len(scored.hidden) == model.config.num_hidden_layers + 1

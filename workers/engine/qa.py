@@ -10,10 +10,12 @@ An :class:`Example` is what the model sees (``prompt``) and what it is scored on
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -205,26 +207,66 @@ def encode(
     return collate([tokenize(tokenizer, ex, max_length) for ex in examples], pad_id(tokenizer))
 
 
-def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probabilities of the labels (shifted), and the mask of scored tokens.
+@dataclass
+class AnswerLogits:
+    """A forward pass's output layer at the positions that predict a target token in at
+    least one row of the batch (``positions``, ascending; ``K`` of them), see
+    :func:`answer_logits`. ``logits`` ``[B, K, V]``; ``targets`` ``[B, K]`` the token
+    each position predicts (-100 where that row scores nothing there) and ``mask``
+    ``[B, K]`` where it does; ``hidden`` all hidden states when asked for (full length)."""
 
-    Returns ``(logp, mask)`` of shape ``[batch, seq-1]``; ``logp`` is 0 where unscored.
-    """
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != -100
-    safe = shift_labels.clamp(min=0)
-    logp = torch.log_softmax(shift_logits, dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    return logp * mask, mask
+    logits: torch.Tensor
+    targets: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    hidden: tuple[torch.Tensor, ...] | None = None
+
+    def logprobs(self) -> torch.Tensor:
+        """Log-probability of each target token ``[B, K]`` (fp32), 0 where unscored."""
+        logp = torch.log_softmax(self.logits.float(), dim=-1)
+        picked = logp.gather(-1, self.targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        return picked * self.mask
+
+
+@cache
+def _keeps_logits(model_class: type) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs do)."""
+    try:
+        return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def answer_logits(model: Any, batch: dict[str, torch.Tensor],
+                  hidden: bool = False) -> AnswerLogits:
+    """Forward ``batch`` (:func:`encode`'s) through ``model`` with the output layer
+    applied only where a target token is predicted: the answers are often a small part
+    of a row (a question and a short fact), and the vocabulary projection with its
+    full-vocabulary softmax would otherwise be spent on every prompt token too. Models
+    whose forward takes no ``logits_to_keep`` compute every position and are cut after."""
+    targets = batch["labels"][:, 1:]  # position t predicts token t + 1
+    mask = targets != -100
+    positions = mask.any(0).nonzero().squeeze(-1)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kwargs: dict[str, Any] = {"output_hidden_states": True} if hidden else {}
+    if _keeps_logits(type(base)):
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    logits_to_keep=positions, **kwargs)
+        logits = out.logits
+    else:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    **kwargs)
+        logits = out.logits[:, positions]
+    return AnswerLogits(logits, targets[:, positions], mask[:, positions], positions,
+                        out.hidden_states if hidden else None)
 
 
 def sequence_logprob(
     model: Any, batch: dict[str, torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed target log-likelihood per example and the number of target tokens."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    logp, mask = token_logprobs(out.logits, batch["labels"])
-    return logp.sum(-1), mask.sum(-1)
+    scored = answer_logits(model, batch)
+    return scored.logprobs().sum(-1), scored.mask.sum(-1)
 
 
 def to_device(

@@ -47,11 +47,11 @@ from workers.engine.qa import (
     DEFAULT_TEMPLATE,
     Example,
     PromptTemplate,
+    answer_logits,
     encode,
     greedy_generate,
     load_jsonl,
     to_device,
-    token_logprobs,
 )
 
 SPLITS = ("forget01", "forget05", "forget10")
@@ -137,9 +137,8 @@ def token_scores(model: Any, tokenizer: Any, examples: Sequence[Example],
     out: list[torch.Tensor] = []
     for start in range(0, len(examples), batch_size):
         batch = to_device(encode(tokenizer, examples[start:start + batch_size], 256), device)
-        logits = model(input_ids=batch["input_ids"],
-                       attention_mask=batch["attention_mask"]).logits
-        logp, mask = token_logprobs(logits, batch["labels"])
+        scored = answer_logits(model, batch)
+        logp, mask = scored.logprobs(), scored.mask
         out.extend(lp[m].float().cpu() for lp, m in zip(logp, mask, strict=True))
     return out
 

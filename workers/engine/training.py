@@ -128,7 +128,7 @@ def _reference_cache(
             with _autocast(device):
                 fw = run_forward(model, batch)
             for row in range(fw.logits.shape[0]):
-                cache.forget_logits.append(fw.logits[row, :-1][fw.mask[row]].detach())
+                cache.forget_logits.append(fw.logits[row][fw.mask[row]].detach())
     model.train(was_training)
     return cache
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from workers.engine.qa import Example, encode, to_device, token_logprobs
+from workers.engine.qa import Example, answer_logits, encode, to_device
 
 # Every linear projection of a Llama-style decoder block (attention and MLP); lm_head and
 # the embeddings are left alone so the vocabulary geometry other people depend on stays put.
@@ -159,10 +159,9 @@ def score_items(
     for start in range(0, len(examples), batch_size):
         batch = to_device(encode(tokenizer, examples[start : start + batch_size], max_length),
                           device)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logp, mask = token_logprobs(logits, batch["labels"])
-        labels = batch["labels"][:, 1:]
-        hit = logits[:, :-1, :].argmax(-1) == labels
+        out = answer_logits(model, batch)
+        logp, mask, labels = out.logprobs(), out.mask, out.targets
+        hit = out.logits.argmax(-1) == labels
         scored = mask & (labels != eos) if eos is not None else mask
         logps.append(logp.sum(-1).float().cpu())
         counts.append(mask.sum(-1).cpu())

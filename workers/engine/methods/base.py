@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from workers.engine.qa import token_logprobs
+from workers.engine.qa import answer_logits
 from workers.engine.unlearn import LLAMA_LINEAR_MODULES
 
 # Reference quantities a method may ask the training loop to cache for the forget items
@@ -108,13 +108,18 @@ class ReferenceCache:
 
 @dataclass
 class Forward:
-    """One forward pass over an encoded batch: ``logits`` ``[B, T, V]``, per-token answer
-    log-probs ``logp`` and their mask (``[B, T-1]``, shifted as in
-    :func:`qa.token_logprobs`), and ``hidden`` (all hidden states) when asked for."""
+    """One forward pass over an encoded batch, scored where answers are predicted
+    (:func:`qa.answer_logits`): at the ``K`` sequence ``positions`` that predict an answer
+    token in some row, ``logits`` ``[B, K, V]``, the predicted ``targets`` ``[B, K]``
+    (-100 where a row scores nothing), per-token answer log-probs ``logp`` (0 there) and
+    their ``mask``; ``hidden`` (all hidden states, full length) when asked for —
+    ``hidden[i][:, positions][mask]`` are the states that predict answer tokens."""
 
     logits: torch.Tensor
     logp: torch.Tensor
     mask: torch.Tensor
+    targets: torch.Tensor
+    positions: torch.Tensor
     hidden: tuple[torch.Tensor, ...] | None = None
 
     @property
@@ -170,10 +175,9 @@ class StepInputs:
 
 def run_forward(model: Any, batch: dict[str, torch.Tensor], hidden: bool = False) -> Forward:
     """Forward ``batch`` through ``model``; see :class:`Forward`."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                output_hidden_states=hidden)
-    logp, mask = token_logprobs(out.logits, batch["labels"])
-    return Forward(out.logits, logp, mask, out.hidden_states if hidden else None)
+    scored = answer_logits(model, batch, hidden)
+    return Forward(scored.logits, scored.logprobs(), scored.mask, scored.targets,
+                   scored.positions, scored.hidden)
 
 
 class Method(ABC):

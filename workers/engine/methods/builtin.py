@@ -85,8 +85,8 @@ class GradDiff(Method):
         with torch.no_grad(), inputs.reference():
             ref = inputs.forward(inputs.retain)
         mask = cur.mask
-        cur_lp = torch.log_softmax(cur.logits[:, :-1].float(), -1)[mask]
-        ref_lp = torch.log_softmax(ref.logits[:, :-1].float(), -1)[mask]
+        cur_lp = torch.log_softmax(cur.logits.float(), -1)[mask]
+        ref_lp = torch.log_softmax(ref.logits.float(), -1)[mask]
         kl = F.kl_div(cur_lp, ref_lp, log_target=True, reduction="batchmean")
         return loss + cfg.retain_weight * kl
 
@@ -237,7 +237,7 @@ class RMU(Method):
         pick = self.layer_of(n_layers) + 1
         cur = inputs.forward(inputs.forget, hidden=True)
         assert cur.hidden is not None
-        h = cur.hidden[pick][:, :-1][cur.mask].float()  # positions predicting answer tokens
+        h = cur.hidden[pick][:, cur.positions][cur.mask].float()  # predicting answer tokens
         target = cfg.steering_coef * self.direction(h.shape[-1], h.device)
         loss = cfg.forget_weight * F.mse_loss(h, target.expand_as(h))
         if inputs.retain is None or cfg.retain_weight == 0:
@@ -273,10 +273,10 @@ class UNDIAL(Method):
         cfg = self.config
         assert inputs.ref.forget_logits is not None
         cur = inputs.forward(inputs.forget)
-        student = cur.logits[:, :-1][cur.mask].float()  # [N answer tokens, V], row-major
+        student = cur.logits[cur.mask].float()  # [N answer tokens, V], row-major
         teacher = torch.cat([inputs.ref.forget_logits[i] for i in inputs.forget_index]).to(
             student.device, torch.float32)
-        labels = inputs.forget["labels"][:, 1:][cur.mask]
+        labels = cur.targets[cur.mask]
         teacher = teacher - cfg.beta * F.one_hot(labels, teacher.shape[-1]).float()
         target = torch.softmax(teacher, -1)
         forget = -(target * torch.log_softmax(student, -1)).sum(-1).mean()
