@@ -89,6 +89,12 @@ def start_worker(broker_env, tmp_path) -> Iterator:
         worker.stop()
 
 
+# Upper bound on one erasure job end to end (unlearning, verification, one escalation,
+# publishing): a few minutes on a quiet 2-core machine, about seven when the machine
+# was shared with a benchmark; kept under pytest's 600 s per-test timeout.
+JOB_WAIT_S = 540
+
+
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -20,7 +20,7 @@ from app.db.models import OutboxMessage, UnlearningJob
 from app.db.session import session_scope
 from app.services import dispatch
 from tests.conftest import auth, model_body, reset_caches
-from tests.integration.conftest import QUEUE_KEYS, wait_until
+from tests.integration.conftest import JOB_WAIT_S, QUEUE_KEYS, wait_until
 from tests.integration.test_pipeline import file_request, finished, register, subjects
 
 pytestmark = pytest.mark.integration
@@ -154,7 +154,7 @@ def test_postgres_restart_during_a_job(broker_env, demo_model_dir, start_worker,
         poller.join(timeout=10)
         assert set(codes) <= {200, 503}, (sorted(set(codes)), errors[:3])  # never a 500
 
-        result = wait_until(lambda: finished(client, request_id), 420, "the job to finish")
+        result = wait_until(lambda: finished(client, request_id), JOB_WAIT_S, "the job to finish")
         versions = client.get(f"/v1/models/{model}/versions", headers=auth()).json()["items"]
         if result["status"] == "completed":
             assert sorted(v["number"] for v in versions) == [1, 2]

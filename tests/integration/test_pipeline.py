@@ -11,7 +11,7 @@ from sqlalchemy import select
 from app.db.models import AuditEvent, UnlearningJob
 from app.db.session import session_scope
 from tests.conftest import auth, register_model, share_answered
-from tests.integration.conftest import wait_until
+from tests.integration.conftest import JOB_WAIT_S, wait_until
 from workers.engine.qa import load_jsonl
 
 pytestmark = pytest.mark.integration
@@ -74,7 +74,7 @@ def test_request_travels_from_post_to_a_published_version(client, demo_model_dir
     assert share_answered(client, model, people[erased]) >= 0.9
 
     request_id = file_request(client, model, erased, people[erased])
-    done = wait_until(lambda: finished(client, request_id), 420, "the request to finish")
+    done = wait_until(lambda: finished(client, request_id), JOB_WAIT_S, "the request to finish")
     job = client.get(f"/v1/jobs/{done['job_id']}", headers=auth()).json()
     assert done["status"] == "completed", (done, job["error"], worker.tail())
 
@@ -132,7 +132,7 @@ def test_worker_killed_mid_unlearning_job_runs_again_and_publishes_once(
     first.kill()  # SIGKILL, the whole process group: no cleanup runs
 
     second = start_worker()
-    done = wait_until(lambda: finished(client, request_id), 420, "the request to finish")
+    done = wait_until(lambda: finished(client, request_id), JOB_WAIT_S, "the request to finish")
     assert done["status"] == "completed", (done, second.tail())
 
     versions = sorted(
