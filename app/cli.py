@@ -414,17 +414,21 @@ def bench_tofu(
     from workers.engine.tofu import bench_tofu as run
 
     methods = [m.strip() for m in method.split(",") if m.strip()]
-    run(
-        data,
-        split=split,
-        authors=authors,
-        method=methods if len(methods) > 1 else methods[0],
-        json_out=json_output,
-        cache_dir=cache,
-        seed=seed,
-        model_size=model_size,
-        device=device,
-    )
+    try:
+        run(
+            data,
+            split=split,
+            authors=authors,
+            method=methods if len(methods) > 1 else methods[0],
+            json_out=json_output,
+            cache_dir=cache,
+            seed=seed,
+            model_size=model_size,
+            device=device,
+        )
+    except (ValueError, FileNotFoundError) as exc:  # bad options or data, said plainly
+        typer.echo(f"lethe bench tofu: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 @jobs_cli.command("inspect")

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from workers.engine.qa import Example, collate, encode, pad_id, tokenize
 
@@ -48,6 +49,9 @@ def test_bench_tofu_rejects_unknown_model_size(tmp_path: Path) -> None:
     assert set(TOFU_RECIPES) == {"small", "medium"}
     with pytest.raises(ValueError, match="model size"):
         bench_tofu(tmp_path, model_size="large")
+    if not torch.cuda.is_available():  # refused before any data is read or model trained
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            bench_tofu(tmp_path, device="cuda")
 
 
 def test_encode_is_collated_tokenize() -> None:
@@ -63,3 +67,15 @@ def test_encode_is_collated_tokenize() -> None:
     batch = collate(rows, pad_id(tok))
     for key, value in encode(tok, examples, 12).items():
         assert batch[key].equal(value), key
+
+
+def test_lethe_bench_tofu_says_what_is_wrong(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "app.cli", "bench", "tofu", "--data",
+                          str(tmp_path)], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT)
+    assert out.returncode == 2
+    assert "lethe bench tofu:" in out.stderr and "full.jsonl" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -479,6 +479,8 @@ def bench_tofu(data_dir: str | Path, split: str = "forget01", authors: int | Non
 
     if model_size not in TOFU_RECIPES:
         raise ValueError(f"model size must be one of {sorted(TOFU_RECIPES)}")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available to this torch build")
     report = run_tofu(data_dir, split, authors, method, method_overrides,
                       recipe=TOFU_RECIPES[model_size], seed=seed,
                       log=lambda msg: print(f"[tofu] {msg}", file=sys.stderr, flush=True),
