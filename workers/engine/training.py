@@ -35,7 +35,7 @@ from workers.engine.methods import (
     parse_method_config,
     run_forward,
 )
-from workers.engine.qa import Example, collate, encode, pad_id, to_device, tokenize
+from workers.engine.qa import Example, TokenRow, collate, encode, pad_id, to_device, tokenize
 from workers.engine.unlearn import (
     ADAPTER_WEIGHTS,
     Cancelled,
@@ -146,7 +146,7 @@ CALIBRATION_STEPS = 7  # bisection steps: the strength is found to within 1/128
 
 
 def _calibrate(peft_model: Any, tokenizer: Any, items: Sequence[Example],
-               targets: torch.Tensor, max_length: int) -> float:
+               rows: Sequence[TokenRow], targets: torch.Tensor, max_length: int) -> float:
     """Scale the trained adapter back to the least strength (a factor in (0, 1]) at which
     every forget item is still at or below its target, and return that factor.
 
@@ -157,7 +157,8 @@ def _calibrate(peft_model: Any, tokenizer: Any, items: Sequence[Example],
     interpolates between the parent (0) and the trained candidate (1); a bisection on
     the forget items' scores finds the point where forgetting is just complete."""
     def forgotten() -> bool:
-        probs = score_items(peft_model, tokenizer, items, max_length).item_probability
+        probs = score_items(peft_model, tokenizer, items, max_length,
+                            rows=rows).item_probability
         return bool((probs <= targets).all())
 
     low, high, current = 0.0, 1.0, 1.0
@@ -256,9 +257,9 @@ def run_unlearning(
     item_rows = [tokenize(tokenizer, ex, cfg.max_length) for ex in items]
     alt_rows = ([tokenize(tokenizer, ex, cfg.max_length) for ex in alts]
                 if alts is not None else None)
-    retain_rows: dict[int, Any] = {}  # retain items as first drawn (the set may be large)
+    retain_rows: dict[int, TokenRow] = {}  # retain items as first drawn (may be many)
 
-    def retain_row(i: int) -> Any:
+    def retain_row(i: int) -> TokenRow:
         if i not in retain_rows:
             retain_rows[i] = tokenize(tokenizer, retain_list[i], cfg.max_length)
         return retain_rows[i]
@@ -300,7 +301,8 @@ def run_unlearning(
                 # an item is forgotten once its answer is no more likely than the same
                 # answer about a stranger; more steps would only make it stand out and
                 # cost other people's facts
-                scores = score_items(peft_model, tokenizer, items, cfg.max_length)
+                scores = score_items(peft_model, tokenizer, items, cfg.max_length,
+                                     rows=item_rows)
                 if bool((scores.item_probability <= targets).all()):
                     stopped_early = True
                     break
@@ -310,10 +312,11 @@ def run_unlearning(
         peft_model.eval()
         scale = 1.0
         if targets is not None and stopped_early:
-            scale = _calibrate(peft_model, tokenizer, items, targets, cfg.max_length)
+            scale = _calibrate(peft_model, tokenizer, items, item_rows, targets,
+                               cfg.max_length)
             scores = None
         if scores is None or method.negate_adapter:
-            scores = score_items(peft_model, tokenizer, items, cfg.max_length)
+            scores = score_items(peft_model, tokenizer, items, cfg.max_length, rows=item_rows)
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         peft_model.save_pretrained(str(out), safe_serialization=True)

@@ -25,7 +25,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from workers.engine.qa import Example, answer_logits, encode, to_device
+from workers.engine.qa import (
+    Example,
+    TokenRow,
+    answer_logits,
+    collate,
+    pad_id,
+    to_device,
+    tokenize,
+)
 
 # Every linear projection of a Llama-style decoder block (attention and MLP); lm_head and
 # the embeddings are left alone so the vocabulary geometry other people depend on stays put.
@@ -146,9 +154,15 @@ def score_items(
     examples: Sequence[Example],
     max_length: int = 128,
     batch_size: int = 32,
+    rows: Sequence[TokenRow] | None = None,
 ) -> ItemScores:
     """:class:`ItemScores` of ``examples`` under ``model`` in eval mode (one forward pass
-    per batch, no generation)."""
+    per batch, no generation). ``rows``: the examples already tokenised
+    (:func:`qa.tokenize` with the same ``max_length``), for callers that score the same
+    items again and again."""
+    if rows is None:
+        rows = [tokenize(tokenizer, ex, max_length) for ex in examples]
+    pad = pad_id(tokenizer)
     device = _device_of(model)
     was_training = model.training
     model.eval()
@@ -156,9 +170,8 @@ def score_items(
     logps: list[torch.Tensor] = []
     counts: list[torch.Tensor] = []
     known: list[torch.Tensor] = []
-    for start in range(0, len(examples), batch_size):
-        batch = to_device(encode(tokenizer, examples[start : start + batch_size], max_length),
-                          device)
+    for start in range(0, len(rows), batch_size):
+        batch = to_device(collate(rows[start : start + batch_size], pad), device)
         out = answer_logits(model, batch)
         logp, mask, labels = out.logprobs(), out.mask, out.targets
         hit = out.logits.argmax(-1) == labels
