@@ -409,8 +409,6 @@ def bench_tofu(
     through the workers' engine, report forget quality, utility, MIA and wall times."""
     if split not in ("forget01", "forget05", "forget10"):
         raise typer.BadParameter("forget01, forget05 or forget10", param_hint="--split")
-    if model_size not in ("small", "medium"):
-        raise typer.BadParameter("small or medium", param_hint="--model-size")
     from workers.engine.tofu import bench_tofu as run
 
     methods = [m.strip() for m in method.split(",") if m.strip()]
