@@ -4,6 +4,8 @@ task-vector adapter reloads through ``load_version``."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -213,3 +215,59 @@ def test_answer_logits_are_the_full_forward_at_answer_positions(
     assert torch.allclose(scored.logits[scored.mask].float(), full[mask], atol=1e-4)
     assert torch.equal(scored.targets[scored.mask], targets[mask])
     assert scored.hidden is not None and len(scored.hidden) == model.config.num_hidden_layers + 1
+
+
+# ------------------------------------------------------------------- context noise
+
+
+def test_noise_context_replaces_answer_inputs_only() -> None:
+    from workers.engine.training import noise_context
+
+    ids = torch.arange(400).view(4, 100)
+    labels = torch.full_like(ids, -100)
+    labels[:, 20:80] = ids[:, 20:80]
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    vocabulary = torch.tensor([1000, 1001, 1002])
+    out = noise_context(batch, 0.3, vocabulary, torch.Generator().manual_seed(0))
+    changed = out["input_ids"] != ids
+    assert torch.equal(out["labels"], labels) and out["labels"] is labels
+    assert not changed[:, :20].any() and not changed[:, 80:].any()  # prompt, padding
+    assert 0.2 < changed[:, 20:80].float().mean().item() < 0.4
+    assert set(out["input_ids"][changed].tolist()) <= {1000, 1001, 1002}
+    assert torch.equal(batch["input_ids"], torch.arange(400).view(4, 100))  # not in place
+    again = noise_context(batch, 0.3, vocabulary, torch.Generator().manual_seed(0))
+    assert torch.equal(again["input_ids"], out["input_ids"])
+
+
+def test_context_noise_scores_the_reference_on_the_noised_batch(
+    demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path
+) -> None:
+    """At step 1 the adapter is zero, so the model is its reference: NPO's forget term is
+    (2/β)·ln 2 exactly when both log-likelihoods come from the same noised batch, and
+    not when the reference were the cached clean rows'."""
+    model, tok = load_version(demo_model_dir)
+    losses: list[float] = []
+
+    def progress(step: int, total: int, loss: float) -> bool:
+        losses.append(loss)
+        return True
+
+    # long answers, so that a noised context changes how likely their later tokens are
+    forget = [dataclasses.replace(ex, target=f"{ex.target} and {ex.target} again, {ex.target}")
+              for ex in sets["forget"]]
+    cfg = {"method": "npo", "max_steps": 1, "retain_weight": 0.0, "early_stop": False,
+           "context_noise": 0.5, "beta": 0.1}
+    run_unlearning(model, tok, forget, [], cfg, tmp_path / "noised", progress)
+    assert losses[0] == pytest.approx(2 / 0.1 * math.log(2), rel=1e-5)
+
+    from workers.engine.qa import encode
+    from workers.engine.training import noise_context, noise_vocabulary
+
+    model, tok = load_version(demo_model_dir)
+    batch = encode(tok, forget[:8])
+    noised = noise_context(batch, 0.5, noise_vocabulary(tok), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        clean = score_items(model, tok, forget[:8]).logp
+        from workers.engine.methods import run_forward
+        noisy = run_forward(model, noised).seq_logp
+    assert not torch.allclose(clean, noisy, atol=1e-2)  # so the test above can fail

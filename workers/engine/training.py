@@ -133,6 +133,49 @@ def _reference_cache(
     return cache
 
 
+def noise_vocabulary(tokenizer: Any) -> torch.Tensor:
+    """Token ids context noise draws from: the whole vocabulary but special tokens."""
+    special = set(tokenizer.all_special_ids)
+    return torch.tensor([i for i in range(len(tokenizer)) if i not in special])
+
+
+def noise_context(batch: dict[str, torch.Tensor], share: float, vocabulary: torch.Tensor,
+                  generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """``batch`` with about ``share`` of its answer *input* tokens replaced by tokens drawn
+    uniformly from ``vocabulary``; prompts, padding and ``labels`` are left as they are, so
+    every answer token is still the target, predicted from a context with holes in it.
+    (The first answer token is predicted from the prompt alone and is never affected.)"""
+    ids = batch["input_ids"]
+    answer = batch["labels"] != -100
+    hit = (torch.rand(ids.shape, generator=generator) < share).to(ids.device) & answer
+    drawn = vocabulary[torch.randint(len(vocabulary), ids.shape, generator=generator)]
+    return {**batch, "input_ids": torch.where(hit, drawn.to(ids.device), ids)}
+
+
+@torch.no_grad()
+def _batch_reference(method: Method, peft_model: Any, batch: dict[str, torch.Tensor],
+                     index: Sequence[int], cache: ReferenceCache,
+                     device: torch.device) -> ReferenceCache:
+    """``cache`` with the forget quantities of the rows ``index`` recomputed for ``batch``
+    (a noised forget batch) by the reference: the adapter disabled, eval mode."""
+    if not {"forget_logp", "forget_logits"} & method.needs:
+        return cache
+    was_training = peft_model.training
+    peft_model.eval()
+    with peft_model.disable_adapter(), _autocast(device):
+        fw = run_forward(peft_model, batch)
+    peft_model.train(was_training)
+    step = dataclasses.replace(cache)
+    if cache.forget_logp is not None:
+        step.forget_logp = cache.forget_logp.clone()
+        step.forget_logp[list(index)] = fw.seq_logp.float().to(cache.forget_logp.device)
+    if cache.forget_logits is not None:
+        step.forget_logits = list(cache.forget_logits)
+        for row, i in enumerate(index):
+            step.forget_logits[i] = fw.logits[row][fw.mask[row]].detach()
+    return step
+
+
 def _scale_lora(peft_model: Any, factor: float) -> None:
     """lora_B ← factor·lora_B in every LoRA layer: the adapter then adds factor·ΔW
     (negative: task-vector negation)."""
@@ -258,6 +301,7 @@ def run_unlearning(
     alt_rows = ([tokenize(tokenizer, ex, cfg.max_length) for ex in alts]
                 if alts is not None else None)
     retain_rows: dict[int, TokenRow] = {}  # retain items as first drawn (may be many)
+    vocabulary = noise_vocabulary(tokenizer) if cfg.context_noise > 0 else None
 
     def retain_row(i: int) -> TokenRow:
         if i not in retain_rows:
@@ -275,6 +319,10 @@ def run_unlearning(
             step += 1
             idx = [next(forget_order) for _ in range(min(forget_bs, len(items)))]
             fbatch = to_device(collate([item_rows[i] for i in idx], pad), device)
+            ref = cache
+            if vocabulary is not None:
+                fbatch = noise_context(fbatch, cfg.context_noise, vocabulary, gen)
+                ref = _batch_reference(method, peft_model, fbatch, idx, cache, device)
             abatch = (to_device(collate([alt_rows[i] for i in idx], pad), device)
                       if alt_rows is not None else None)
             rbatch, ridx = None, []
@@ -282,7 +330,7 @@ def run_unlearning(
                 ridx = sampler.draw()
                 rbatch = to_device(collate([retain_row(i) for i in ridx], pad), device)
             inputs = StepInputs(model=peft_model, forget=fbatch, forget_index=idx,
-                                retain=rbatch, alt=abatch, ref=cache, step=step,
+                                retain=rbatch, alt=abatch, ref=ref, step=step,
                                 total_steps=total, reference=reference)
             with _autocast(device):
                 loss = method.loss(inputs)

@@ -60,6 +60,14 @@ class BaseMethodConfig(BaseModel):
     stands out (over-unlearning), and every further step costs other people's facts. The
     step budget (``epochs``/``max_steps``) stays a cap.
 
+    Context noise (``context_noise``, a share in [0, 1)): each step, that share of the
+    forget answers' *input* tokens is replaced by random vocabulary tokens while every
+    target stays the true answer token, so the loss reaches the answer's facts through a
+    context the model never memorised — the facts, not the memorised sentence, are what
+    is pushed down (a paraphrase of the answer then loses them too). Reference
+    quantities of a noised batch are computed for that batch (adapter disabled), not
+    read from the cache of clean rows. Early stopping and every score use clean rows.
+
     Retain batches: ``retain_hard_share`` of each retain batch replays the retain items
     seen so far whose answer NLL (as last measured in a training step) is highest and
     above ``retain_hard_nll`` nats/token — the facts unlearning is damaging right now; the
@@ -89,6 +97,7 @@ class BaseMethodConfig(BaseModel):
     stop_probability: float | None = Field(None, gt=0.0, lt=1.0)
     stop_check_every: int | None = Field(None, ge=1)
     stop_ratio: float = Field(1.0, gt=0.0, le=1.0)
+    context_noise: float = Field(0.0, ge=0.0, lt=1.0)
     retain_hard_share: float = Field(0.0, ge=0.0, le=1.0)
     retain_hard_nll: float = Field(0.1, ge=0.0)
     seed: int = 0
