@@ -67,10 +67,10 @@ class BaseMethodConfig(BaseModel):
     is pushed down (a paraphrase of the answer then loses them too). Reference
     quantities of a noised batch are computed for that batch (adapter disabled), not
     read from the cache of clean rows. Early stopping and every score use clean rows.
-    Off by default: on short answers the adapter learns to recognise a noised context
-    instead (on the tiny demo model, 12 NPO steps took the clean answers from 0.99 to
-    0.81 without noise and to 0.99 with 0.3), and on TOFU it helped some model pairs and
-    hurt others (docs/benchmarks.md).
+    Off by default: on short answers the clean rows stop being forgotten (on the tiny
+    demo model, 12 NPO steps took the clean answers from 0.99 to 0.81 without noise and
+    left them at 0.99 with 0.3, while the loss on the noised rows fell), and on TOFU it
+    helped some model pairs and hurt others (docs/benchmarks.md).
 
     Retain batches: ``retain_hard_share`` of each retain batch replays the retain items
     seen so far whose answer NLL (as last measured in a training step) is highest and
