@@ -142,20 +142,14 @@ def noise_vocabulary(tokenizer: Any) -> torch.Tensor:
 def noise_context(batch: dict[str, torch.Tensor], share: float, vocabulary: torch.Tensor,
                   generator: torch.Generator) -> dict[str, torch.Tensor]:
     """``batch`` with about ``share`` of its answer *input* tokens replaced by tokens drawn
-    uniformly from ``vocabulary``; prompts and padding are left as they are, and the
-    answer tokens stay the targets, predicted from a context with holes in it — except
-    the token right after a replaced one, which leaves the loss (``labels`` -100): a
-    token that follows noise is the one a model can make unlikely just by learning to
-    distrust noise, and on one-word answers that was all the training did. (The first
-    answer token is predicted from the prompt alone: never affected, always kept.)"""
+    uniformly from ``vocabulary``; prompts, padding and ``labels`` are left as they are, so
+    every answer token is still the target, predicted from a context with holes in it.
+    (The first answer token is predicted from the prompt alone and is never affected.)"""
     ids = batch["input_ids"]
     answer = batch["labels"] != -100
     hit = (torch.rand(ids.shape, generator=generator) < share).to(ids.device) & answer
     drawn = vocabulary[torch.randint(len(vocabulary), ids.shape, generator=generator)]
-    after = torch.zeros_like(hit)
-    after[:, 1:] = hit[:, :-1]
-    return {**batch, "input_ids": torch.where(hit, drawn.to(ids.device), ids),
-            "labels": batch["labels"].masked_fill(after, -100)}
+    return {**batch, "input_ids": torch.where(hit, drawn.to(ids.device), ids)}
 
 
 @torch.no_grad()
