@@ -35,7 +35,7 @@ from workers.engine.methods import (
     parse_method_config,
     run_forward,
 )
-from workers.engine.qa import Example, TokenRow, collate, encode, pad_id, to_device, tokenize
+from workers.engine.qa import Example, TokenRow, collate, pad_id, to_device, tokenize
 from workers.engine.unlearn import (
     ADAPTER_WEIGHTS,
     Cancelled,
@@ -93,42 +93,53 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
+def _forget_reference(method: Method, model: Any, batch: dict[str, torch.Tensor],
+                      device: torch.device) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """The forget quantities ``method`` needs of one encoded batch, in one forward pass of
+    ``model`` as it is (the caller sets eval mode and the reference): the summed answer
+    log-likelihood per row (``None`` when not needed) and, when needed, each row's logits
+    at its answer positions, kept in the model's dtype on its device."""
+    with _autocast(device):
+        fw = run_forward(model, batch)
+    logp = fw.seq_logp.float() if "forget_logp" in method.needs else None
+    logits = ([fw.logits[row][fw.mask[row]].detach() for row in range(fw.logits.shape[0])]
+              if "forget_logits" in method.needs else [])
+    return logp, logits
+
+
 @torch.no_grad()
 def _reference_cache(
-    method: Method, model: Any, tokenizer: Any, items: Sequence[Example],
-    alts: Sequence[Example] | None, max_length: int, device: torch.device,
+    method: Method, model: Any, rows: Sequence[TokenRow], alt_rows: Sequence[TokenRow] | None,
+    pad: int, device: torch.device,
 ) -> ReferenceCache:
-    """Reference quantities for the forget items, one no-grad pass (model as given)."""
+    """Reference quantities for the forget items (tokenised ``rows``), no-grad passes of
+    the model as given."""
     cache = ReferenceCache()
     if not method.needs:
         return cache
     was_training = model.training
     model.eval()
-
-    def logps(examples: Sequence[Example]) -> torch.Tensor:
+    if {"forget_logp", "forget_logits"} & method.needs:
+        logps: list[torch.Tensor] = []
+        logits: list[torch.Tensor] = []
+        for start in range(0, len(rows), _REF_BATCH):
+            batch = to_device(collate(rows[start:start + _REF_BATCH], pad), device)
+            logp, part = _forget_reference(method, model, batch, device)
+            if logp is not None:
+                logps.append(logp)
+            logits.extend(part)
+        if "forget_logp" in method.needs:
+            cache.forget_logp = torch.cat(logps)
+        if "forget_logits" in method.needs:
+            cache.forget_logits = logits
+    if "alt_logp" in method.needs:
+        assert alt_rows is not None
         parts = []
-        for start in range(0, len(examples), _REF_BATCH):
-            batch = to_device(encode(tokenizer, examples[start:start + _REF_BATCH], max_length),
-                              device)
+        for start in range(0, len(alt_rows), _REF_BATCH):
+            batch = to_device(collate(alt_rows[start:start + _REF_BATCH], pad), device)
             with _autocast(device):
                 parts.append(run_forward(model, batch).seq_logp.float())
-        return torch.cat(parts)
-
-    if "forget_logp" in method.needs:
-        cache.forget_logp = logps(items)
-    if "alt_logp" in method.needs:
-        assert alts is not None
-        cache.alt_logp = logps(alts)
-    if "forget_logits" in method.needs:
-        # logits at answer positions only, kept in the model's dtype on its device
-        cache.forget_logits = []
-        for start in range(0, len(items), _REF_BATCH):
-            batch = to_device(encode(tokenizer, items[start:start + _REF_BATCH], max_length),
-                              device)
-            with _autocast(device):
-                fw = run_forward(model, batch)
-            for row in range(fw.logits.shape[0]):
-                cache.forget_logits.append(fw.logits[row][fw.mask[row]].detach())
+        cache.alt_logp = torch.cat(parts)
     model.train(was_training)
     return cache
 
@@ -162,17 +173,17 @@ def _batch_reference(method: Method, peft_model: Any, batch: dict[str, torch.Ten
         return cache
     was_training = peft_model.training
     peft_model.eval()
-    with peft_model.disable_adapter(), _autocast(device):
-        fw = run_forward(peft_model, batch)
+    with peft_model.disable_adapter():
+        logp, logits = _forget_reference(method, peft_model, batch, device)
     peft_model.train(was_training)
     step = dataclasses.replace(cache)
-    if cache.forget_logp is not None:
+    if cache.forget_logp is not None and logp is not None:
         step.forget_logp = cache.forget_logp.clone()
-        step.forget_logp[list(index)] = fw.seq_logp.float().to(cache.forget_logp.device)
+        step.forget_logp[list(index)] = logp.to(cache.forget_logp.device)
     if cache.forget_logits is not None:
         step.forget_logits = list(cache.forget_logits)
         for row, i in enumerate(index):
-            step.forget_logits[i] = fw.logits[row][fw.mask[row]].detach()
+            step.forget_logits[i] = logits[row]
     return step
 
 
@@ -261,7 +272,13 @@ def run_unlearning(
         raise ValueError(f"{method.name} with retain_weight > 0 needs a retain set")
     retain_list = list(retain) if use_retain else []
 
-    cache = _reference_cache(method, model, tokenizer, items, alts, cfg.max_length, device)
+    # tokenised once: the reference pass, then every pass of training draws the same rows
+    # again (~90 passes by default) and the stop checks score them
+    pad = pad_id(tokenizer)
+    item_rows = [tokenize(tokenizer, ex, cfg.max_length) for ex in items]
+    alt_rows = ([tokenize(tokenizer, ex, cfg.max_length) for ex in alts]
+                if alts is not None else None)
+    cache = _reference_cache(method, model, item_rows, alt_rows, pad, device)
     targets = stop_targets(cfg, model, tokenizer, items, holdout)
 
     n_layers = getattr(model.config, "num_hidden_layers", None)
@@ -295,11 +312,6 @@ def run_unlearning(
     def reference() -> contextlib.AbstractContextManager[Any]:
         return peft_model.disable_adapter()
 
-    # tokenised once: every pass draws the same rows again (~90 passes by default)
-    pad = pad_id(tokenizer)
-    item_rows = [tokenize(tokenizer, ex, cfg.max_length) for ex in items]
-    alt_rows = ([tokenize(tokenizer, ex, cfg.max_length) for ex in alts]
-                if alts is not None else None)
     retain_rows: dict[int, TokenRow] = {}  # retain items as first drawn (may be many)
     vocabulary = noise_vocabulary(tokenizer) if cfg.context_noise > 0 else None
 
