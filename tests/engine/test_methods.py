@@ -21,8 +21,10 @@ from workers.engine.methods import (
     MethodConfig,
     default_config,
     parse_method_config,
+    run_forward,
 )
-from workers.engine.training import run_unlearning
+from workers.engine.qa import encode
+from workers.engine.training import noise_context, noise_vocabulary, run_unlearning
 from workers.engine.unlearn import ADAPTER_WEIGHTS, Cancelled, UnlearnResult, score_items
 from workers.engine.versions import load_version
 
@@ -221,8 +223,6 @@ def test_answer_logits_are_the_full_forward_at_answer_positions(
 
 
 def test_noise_context_replaces_answer_inputs_only() -> None:
-    from workers.engine.training import noise_context
-
     ids = torch.arange(400).view(4, 100)
     labels = torch.full_like(ids, -100)
     labels[:, 20:80] = ids[:, 20:80]
@@ -260,14 +260,10 @@ def test_context_noise_scores_the_reference_on_the_noised_batch(
     run_unlearning(model, tok, forget, [], cfg, tmp_path / "noised", progress)
     assert losses[0] == pytest.approx(2 / 0.1 * math.log(2), rel=1e-5)
 
-    from workers.engine.qa import encode
-    from workers.engine.training import noise_context, noise_vocabulary
-
     model, tok = load_version(demo_model_dir)
     batch = encode(tok, forget[:8])
     noised = noise_context(batch, 0.5, noise_vocabulary(tok), torch.Generator().manual_seed(0))
     with torch.no_grad():
         clean = score_items(model, tok, forget[:8]).logp
-        from workers.engine.methods import run_forward
         noisy = run_forward(model, noised).seq_logp
     assert not torch.allclose(clean, noisy, atol=1e-2)  # so the test above can fail
