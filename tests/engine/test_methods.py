@@ -18,11 +18,13 @@ from tests.engine.support import demo_sets
 from workers.engine.methods import (
     METHOD_NAMES,
     REGISTRY,
+    Forward,
     MethodConfig,
     default_config,
     parse_method_config,
     run_forward,
 )
+from workers.engine.methods.builtin import NPOMethodConfig, npo_token_loss
 from workers.engine.qa import encode
 from workers.engine.training import noise_context, noise_vocabulary, run_unlearning
 from workers.engine.unlearn import ADAPTER_WEIGHTS, Cancelled, UnlearnResult, score_items
@@ -74,7 +76,12 @@ def test_registry_names_and_defaults() -> None:
         assert isinstance(cfg, REGISTRY[name][0])
         # round-trips through JSON, as the API stores it
         assert parse_method_config(cfg.model_dump(mode="json")) == cfg
-    assert default_config("npo").beta == 0.1  # type: ignore[attr-defined]
+    npo = default_config("npo")
+    assert isinstance(npo, NPOMethodConfig)
+    assert npo.granularity == "token" and npo.stop_rule == "membership" and npo.beta is None
+    assert npo.effective_beta == 0.3
+    assert NPOMethodConfig(granularity="sequence").effective_beta == 0.1
+    assert NPOMethodConfig(granularity="sequence", beta=0.2).effective_beta == 0.2
 
 
 def test_registry_rejects_unknown_names() -> None:
@@ -88,6 +95,9 @@ def test_registry_rejects_unknown_names() -> None:
 
 @pytest.mark.parametrize("bad", [
     {"method": "npo", "beta": 0},
+    {"method": "npo", "granularity": "word"},
+    {"method": "npo", "stop_rule": "vibes"},
+    {"method": "npo", "stop_auc": 1.5},
     {"method": "npo", "lora_rank": 0},
     {"method": "npo", "learning_rate": -1e-3},
     {"method": "npo", "batch_size": "many"},
@@ -267,3 +277,118 @@ def test_context_noise_scores_the_reference_on_the_noised_batch(
         clean = score_items(model, tok, forget[:8]).logp
         noisy = run_forward(model, noised).seq_logp
     assert not torch.allclose(clean, noisy, atol=1e-2)  # so the test above can fail
+
+
+# ------------------------------------------------------------------- token-level NPO
+
+
+def _forward(logp: torch.Tensor, mask: torch.Tensor) -> Forward:
+    rows, width = logp.shape
+    return Forward(logits=torch.zeros(rows, width, 5), logp=logp * mask, mask=mask,
+                   targets=torch.zeros(rows, width, dtype=torch.long),
+                   positions=torch.arange(width))
+
+
+def test_npo_token_loss_values() -> None:
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    ref = [torch.tensor([-1.0, -2.0, -3.0]), torch.tensor([-0.5, -4.0])]
+    at_ref = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -4.0, 0.0]])
+    # at the reference every token gives (2/β)·ln 2, and so does the mean
+    assert float(npo_token_loss(_forward(at_ref, mask), ref, 0.3)) == pytest.approx(
+        2 / 0.3 * math.log(2))
+    # each row is the mean over its own answer tokens (padding ignored), then rows average
+    delta = torch.tensor([[1.0, -2.0, 0.5], [-3.0, 4.0, 9.0]])
+    per = (2 / 0.3) * torch.nn.functional.softplus(0.3 * delta)
+    expected = (per[0].mean() + per[1, :2].mean()) / 2
+    loss = npo_token_loss(_forward(at_ref + delta, mask), ref, 0.3)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_npo_token_weights_do_not_fade_with_the_rest_of_the_answer() -> None:
+    """A token that has collapsed switches the whole answer off in sequence NPO; per
+    token, the tokens that have not fallen keep their full weight."""
+    from workers.engine.unlearn import npo_loss
+
+    ref = torch.tensor([[-0.01, -0.01, -0.01, -0.01]])
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    logp = torch.tensor([[-60.0, -0.01, -0.01, -0.01]], requires_grad=True)
+    npo_token_loss(_forward(logp, mask), [ref[0]], 0.3).backward()
+    assert logp.grad is not None
+    token_grad = logp.grad.clone()
+    logp.grad = None
+    npo_loss(logp.sum(-1), ref.sum(-1), 0.1).backward()
+    sequence_grad = logp.grad
+    # per token: d/dlogp = 2σ(0)/4 = 0.25 for the untouched tokens, ~0 for the collapsed
+    assert token_grad[0, 1:].tolist() == pytest.approx([0.25] * 3, rel=1e-4)
+    assert abs(float(token_grad[0, 0])) < 1e-6
+    # per sequence: σ(β·Δ) with Δ ≈ −60 leaves every token about a quarter of that
+    assert bool((sequence_grad.abs() < 0.01).all())
+
+
+def test_npo_granularity_sequence_is_the_published_loss(demo_model_dir: Path,
+                                                        sets: dict[str, Any],
+                                                        tmp_path: Path) -> None:
+    """Both granularities start at (2/β)·ln 2 with their own β defaults; they train
+    different adapters."""
+    digests = []
+    for granularity, beta in (("token", 0.3), ("sequence", 0.1)):
+        model, tok = load_version(demo_model_dir)
+        losses: list[float] = []
+
+        def progress(step: int, total: int, loss: float, seen: list[float] = losses) -> bool:
+            seen.append(loss)
+            return True
+
+        cfg = {"method": "npo", "granularity": granularity, "max_steps": 2,
+               "retain_weight": 0.0, "early_stop": False}
+        result = run_unlearning(model, tok, sets["forget"], [], cfg, tmp_path / granularity,
+                                progress)
+        assert losses[0] == pytest.approx(2 / beta * math.log(2), rel=1e-5)
+        digests.append(result.adapter_sha256)
+    assert digests[0] != digests[1]
+
+
+def _run_with_checks(demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
+                     monkeypatch: pytest.MonkeyPatch, forgotten: list[bool],
+                     kept: list[bool]) -> tuple[UnlearnResult, list[float]]:
+    """The default NPO run, a pass per step, with the membership rule's two tests
+    answering ``forgotten`` and ``kept`` in turn (then ``True``)."""
+    from workers.engine import training
+
+    answers = {"forgotten": iter(forgotten), "kept": iter(kept)}
+    monkeypatch.setattr(training.MembershipProbe, "forgotten",
+                        lambda self, model, cfg: next(answers["forgotten"], True))
+    monkeypatch.setattr(training.MembershipProbe, "retain_kept",
+                        lambda self, model, ratio: next(answers["kept"], True))
+    model, tok = load_version(demo_model_dir)
+    losses: list[float] = []
+    cfg = NPOMethodConfig(forget_steps_per_pass=None, batch_size=20)  # a pass = 1 step
+    result = run_unlearning(model, tok, sets["forget"], sets["retain"], cfg, tmp_path,
+                            lambda step, total, loss: losses.append(loss) is None,
+                            holdout=sets["holdout"])
+    return result, losses
+
+
+def test_membership_rule_repairs_the_retain_set_before_stopping(
+        demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forgotten from the first check on, but the retain set is 'damaged' for the next
+    two checks: the forget term goes off (only the retain NLL is trained, far below
+    NPO's (2/β)·ln 2) and training stops at the first check that finds it repaired."""
+    result, losses = _run_with_checks(demo_model_dir, sets, tmp_path, monkeypatch,
+                                      forgotten=[], kept=[False, False, True])
+    assert result.stopped_early and result.steps == 3 and len(losses) == 3
+    assert losses[0] > 2.0  # NPO at step 1: (2/0.3)·ln 2 + retain
+    assert losses[1] < 0.5 and losses[2] < 0.5  # retain NLL alone: repairing
+    assert result.adapter_scale == pytest.approx(1 / 128)  # forgotten at every strength
+
+
+def test_membership_rule_resumes_forgetting_when_the_repair_undoes_it(
+        demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check 1: forgotten, retain damaged → repair. Check 2: retain back, but the person
+    is remembered again → the forget term resumes. Check 3: both hold → stop."""
+    result, losses = _run_with_checks(demo_model_dir, sets, tmp_path, monkeypatch,
+                                      forgotten=[True, False, True], kept=[False, True, True])
+    assert result.stopped_early and result.steps == 3
+    assert losses[0] > 2.0 and losses[1] < 0.5 and losses[2] > 2.0

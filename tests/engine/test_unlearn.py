@@ -14,8 +14,13 @@ import torch
 
 from tests.engine.support import demo_sets
 from workers.engine.methods.builtin import NPOMethodConfig
-from workers.engine.qa import Example, encode, greedy_generate
-from workers.engine.training import forget_batch_size, run_unlearning, stop_targets
+from workers.engine.qa import Example, encode, greedy_generate, tokenize
+from workers.engine.training import (
+    MembershipProbe,
+    forget_batch_size,
+    run_unlearning,
+    stop_targets,
+)
 from workers.engine.unlearn import (
     ADAPTER_WEIGHTS,
     Cancelled,
@@ -47,13 +52,11 @@ def unlearned(demo_model_dir: Path, sets: dict[str, Any],
         return True
 
     out = tmp_path_factory.mktemp("adapter")
-    trained = forget_items(sets["forget"], True)
-    stranger = stop_targets(NPOMethodConfig(), model, tok, trained, sets["holdout"])
     result = run_unlearning(model, tok, sets["forget"], sets["retain"], NPOMethodConfig(), out,
                             progress, holdout=sets["holdout"])
     after = measure_full(result.model, tok, sets["forget"], sets["retain"], sets["holdout"])
     return {"model": model, "tok": tok, "before": before, "after": after, "result": result,
-            "calls": calls, "stranger": stranger}
+            "calls": calls}
 
 
 def test_npo_loss_values() -> None:
@@ -90,21 +93,23 @@ def test_forgets_the_person_and_keeps_the_others(unlearned: dict[str, Any]) -> N
 def test_result_describes_the_run(unlearned: dict[str, Any], sets: dict[str, Any]) -> None:
     result: UnlearnResult = unlearned["result"]
     cfg = NPOMethodConfig()
+    assert cfg.stop_rule == "membership" and cfg.granularity == "token"
     n_items = len(forget_items(sets["forget"], cfg.include_paraphrases))
     per_epoch = math.ceil(n_items / forget_batch_size(cfg, n_items))
     assert per_epoch <= cfg.forget_steps_per_pass
     assert result.n_forget == n_items == 20 and result.n_retain == len(sets["retain"])
-    # stopped at the end of a pass, once every answer was no more likely than the same
-    # answer to the same kind of question about a stranger (measured on the parent)
-    stranger = unlearned["stranger"]
-    assert stranger.shape == (n_items,) and bool((stranger > 0).all())
-    # a stranger's level is below a remembered fact's (some answers are common: the tiny
-    # model gives them to strangers too, which is exactly what the per-item level is for)
-    assert float(stranger.mean()) < 0.5 * unlearned["before"]["sets"]["forget"]["probability"]
+    # stopped at the end of a pass, once a membership attack could not tell the person
+    # from strangers and the counterfactual bars held (the likelihood target is unused)
     assert result.stopped_early and result.steps < cfg.epochs * per_epoch
     assert result.steps % per_epoch == 0 and result.steps == len(result.loss_history)
-    assert result.stop_target == pytest.approx(float(stranger.mean()), rel=1e-4)
-    assert result.forget_probability <= result.stop_target
+    assert result.stop_target is None
+    model, tok = unlearned["model"], unlearned["tok"]
+    probe = MembershipProbe(model, tok, forget_items(sets["forget"], True),
+                            [tokenize(tok, ex, cfg.max_length) for ex in
+                             forget_items(sets["forget"], True)],
+                            sets["holdout"], sets["retain"], cfg.max_length, torch.device("cpu"))
+    assert probe.forgotten(result.model, cfg)
+    assert probe.auc(result.model) <= cfg.stop_auc
     # the adapter was calibrated back to just-forgotten, never strengthened
     assert 0.0 < result.adapter_scale <= 1.0
     assert result.adapter_sha256 == sha256_file(Path(result.adapter_dir) / ADAPTER_WEIGHTS)
@@ -117,6 +122,30 @@ def test_result_describes_the_run(unlearned: dict[str, Any], sets: dict[str, Any
     assert [c[0] for c in calls] == list(range(1, result.steps + 1))
     assert {c[1] for c in calls} == {cfg.epochs * per_epoch}  # the cap, known up front
     assert not result.model.training
+
+
+def test_likelihood_rule_stops_every_item_at_its_stranger_level(
+        demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path) -> None:
+    model, tok = load_version(demo_model_dir)
+    cfg = NPOMethodConfig(stop_rule="likelihood")
+    n_items = len(forget_items(sets["forget"], cfg.include_paraphrases))
+    per_epoch = math.ceil(n_items / forget_batch_size(cfg, n_items))
+    # each answer's level: the same answer to the same kind of question about a
+    # stranger (measured on the parent)
+    stranger = stop_targets(cfg, model, tok, forget_items(sets["forget"], True),
+                            sets["holdout"])
+    assert stranger is not None and stranger.shape == (n_items,)
+    assert bool((stranger > 0).all())
+    # a stranger's level is below a remembered fact's (some answers are common: the tiny
+    # model gives them to strangers too, which is exactly what the per-item level is for)
+    before = score_items(model, tok, sets["forget"]).mean_probability
+    assert float(stranger.mean()) < 0.5 * before
+    result = run_unlearning(model, tok, sets["forget"], sets["retain"], cfg, tmp_path,
+                            holdout=sets["holdout"])
+    assert result.stopped_early and result.steps % per_epoch == 0
+    assert result.stop_target == pytest.approx(float(stranger.mean()), rel=1e-4)
+    assert result.forget_probability <= result.stop_target
+    assert 0.0 < result.adapter_scale <= 1.0
 
 
 def test_saved_adapter_reloads_to_the_same_model(unlearned: dict[str, Any],

@@ -106,8 +106,13 @@ def test_genuine_unlearning_passes(parent, sets, npo) -> None:
     verdict = _verify(parent, npo.model, sets)
     assert verdict.passed, verdict.reasons
     after = verdict.metrics["after"]
+    # the default stops where the verifier's bars hold, not below them: answers given
+    # no more often than the same answers asked about strangers, within the margin
+    margin = VerifierPolicy().forget_accuracy_margin
     for name in ("forget", "forget_paraphrased", "forget_derived"):
-        assert after["sets"][name]["accuracy"] <= after["sets"]["holdout"]["accuracy"]
+        assert (after["sets"][name]["accuracy"]
+                <= after["sets"][f"{name}_counterfactual"]["accuracy"] + margin)
+        assert after["sets"][name]["accuracy"] <= 0.1
     # privacy: no MIA score recognises the person as trained-on any more
     for score, auc in after["mia_auc"].items():
         assert 0.0 <= auc <= VerifierPolicy().mia_auc_max, score
@@ -169,8 +174,8 @@ def test_exact_wording_only_fails_on_paraphrases(parent, sets, npo) -> None:
     policy = VerifierPolicy(relearn=False, max_retain_items=20, max_probe_items=24)
     verdict = _verify(parent, candidate, sets, policy)
     after = verdict.metrics["after"]["sets"]
-    # the exact questions are forgotten ...
-    assert after["forget"]["accuracy"] == 0.0
+    # the exact questions are forgotten (within the verifier's margin) ...
+    assert after["forget"]["accuracy"] <= 0.1
     assert not any(r.startswith("forget ") for r in verdict.reasons)
     # ... their paraphrases and the derived probes are not, and the verdict says so
     assert not verdict.passed
@@ -410,13 +415,14 @@ def test_next_attempt_escalates_the_right_way_and_stops() -> None:
                       GOOD_ATTACK)
     direction, cfg = next_attempt(remembers, base, 1, pol)
     assert direction == "stronger" and cfg["learning_rate"] > base["learning_rate"]
-    assert cfg["stop_ratio"] < 1.0
+    assert cfg["stop_ratio"] < 1.0 and cfg["stop_rule"] == "likelihood"
     for verdict in (over, damaged):
         direction, cfg = next_attempt(verdict, base, 1, pol)
         assert direction == "weaker" and cfg["learning_rate"] < base["learning_rate"]
         assert cfg["retain_weight"] > 1.0 and cfg["stop_check_every"] == 1
     direction, cfg = next_attempt(both, base, 1, pol)  # gentler steps, a bigger budget
     assert direction == "careful" and cfg["learning_rate"] < base["learning_rate"]
+    assert cfg["stop_rule"] == "likelihood"
     assert cfg["retain_weight"] > 1.0 and cfg["epochs"] > base["epochs"]
     assert next_attempt(remembers, base, 3, pol) is None  # escalations spent
     assert next_attempt(judge_full(BEFORE, _measurement(), None), base, 1, pol) is None

@@ -19,13 +19,13 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from workers.engine.baselines import stranger_level
+from workers.engine.baselines import counterfactuals, stranger_level
 from workers.engine.methods import (
     BaseMethodConfig,
     Method,
@@ -35,6 +35,8 @@ from workers.engine.methods import (
     parse_method_config,
     run_forward,
 )
+from workers.engine.methods.builtin import retain_nll
+from workers.engine.metrics import min_k_mean, roc_auc
 from workers.engine.qa import Example, TokenRow, collate, pad_id, to_device, tokenize
 from workers.engine.unlearn import (
     ADAPTER_WEIGHTS,
@@ -93,18 +95,26 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
-def _forget_reference(method: Method, model: Any, batch: dict[str, torch.Tensor],
-                      device: torch.device) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+_FORGET_QUANTITIES = frozenset({"forget_logp", "forget_logits", "forget_token_logp"})
+
+
+def _forget_reference(
+    method: Method, model: Any, batch: dict[str, torch.Tensor], device: torch.device,
+) -> tuple[torch.Tensor | None, list[torch.Tensor], list[torch.Tensor]]:
     """The forget quantities ``method`` needs of one encoded batch, in one forward pass of
     ``model`` as it is (the caller sets eval mode and the reference): the summed answer
     log-likelihood per row (``None`` when not needed) and, when needed, each row's logits
-    at its answer positions, kept in the model's dtype on its device."""
+    at its answer positions (kept in the model's dtype on its device) and each row's
+    answer-token log-probabilities (float32)."""
     with _autocast(device):
         fw = run_forward(model, batch)
+    rows = range(fw.logits.shape[0])
     logp = fw.seq_logp.float() if "forget_logp" in method.needs else None
-    logits = ([fw.logits[row][fw.mask[row]].detach() for row in range(fw.logits.shape[0])]
+    logits = ([fw.logits[row][fw.mask[row]].detach() for row in rows]
               if "forget_logits" in method.needs else [])
-    return logp, logits
+    tokens = ([fw.logp[row][fw.mask[row]].detach().float() for row in rows]
+              if "forget_token_logp" in method.needs else [])
+    return logp, logits, tokens
 
 
 @torch.no_grad()
@@ -119,19 +129,23 @@ def _reference_cache(
         return cache
     was_training = model.training
     model.eval()
-    if {"forget_logp", "forget_logits"} & method.needs:
+    if _FORGET_QUANTITIES & method.needs:
         logps: list[torch.Tensor] = []
         logits: list[torch.Tensor] = []
+        tokens: list[torch.Tensor] = []
         for start in range(0, len(rows), _REF_BATCH):
             batch = to_device(collate(rows[start:start + _REF_BATCH], pad), device)
-            logp, part = _forget_reference(method, model, batch, device)
+            logp, part, token_part = _forget_reference(method, model, batch, device)
             if logp is not None:
                 logps.append(logp)
             logits.extend(part)
+            tokens.extend(token_part)
         if "forget_logp" in method.needs:
             cache.forget_logp = torch.cat(logps)
         if "forget_logits" in method.needs:
             cache.forget_logits = logits
+        if "forget_token_logp" in method.needs:
+            cache.forget_token_logp = tokens
     if "alt_logp" in method.needs:
         assert alt_rows is not None
         parts = []
@@ -169,12 +183,12 @@ def _batch_reference(method: Method, peft_model: Any, batch: dict[str, torch.Ten
                      device: torch.device) -> ReferenceCache:
     """``cache`` with the forget quantities of the rows ``index`` recomputed for ``batch``
     (a noised forget batch) by the reference: the adapter disabled, eval mode."""
-    if not {"forget_logp", "forget_logits"} & method.needs:
+    if not _FORGET_QUANTITIES & method.needs:
         return cache
     was_training = peft_model.training
     peft_model.eval()
     with peft_model.disable_adapter():
-        logp, logits = _forget_reference(method, peft_model, batch, device)
+        logp, logits, tokens = _forget_reference(method, peft_model, batch, device)
     peft_model.train(was_training)
     step = dataclasses.replace(cache)
     if cache.forget_logp is not None and logp is not None:
@@ -184,6 +198,10 @@ def _batch_reference(method: Method, peft_model: Any, batch: dict[str, torch.Ten
         step.forget_logits = list(cache.forget_logits)
         for row, i in enumerate(index):
             step.forget_logits[i] = logits[row]
+    if cache.forget_token_logp is not None:
+        step.forget_token_logp = list(cache.forget_token_logp)
+        for row, i in enumerate(index):
+            step.forget_token_logp[i] = tokens[row]
     return step
 
 
@@ -197,30 +215,94 @@ def _scale_lora(peft_model: Any, factor: float) -> None:
 
 
 CALIBRATION_STEPS = 7  # bisection steps: the strength is found to within 1/128
+RETAIN_PROBE_ITEMS = 64  # retain items the membership rule watches for damage
 
 
-def _calibrate(peft_model: Any, tokenizer: Any, items: Sequence[Example],
-               rows: Sequence[TokenRow], targets: torch.Tensor, max_length: int) -> float:
+class MembershipProbe:
+    """The membership stopping rule's measurements (see ``stop_rule`` in
+    :class:`~workers.engine.methods.BaseMethodConfig`): the Min-K% membership AUC of the
+    forget items against the never-seen people, and the retain items' mean answer
+    probability relative to its level under the parent (measured here, so construct it
+    before the adapter is added)."""
+
+    def __init__(self, model: Any, tokenizer: Any, forget: Sequence[Example],
+                 forget_rows: Sequence[TokenRow], holdout: Sequence[Example],
+                 retain: Sequence[Example], max_length: int, device: torch.device) -> None:
+        self.tokenizer, self.max_length, self.device = tokenizer, max_length, device
+        self.pad = pad_id(tokenizer)
+        self.forget_rows = list(forget_rows)
+        self.holdout_rows = [tokenize(tokenizer, ex, max_length) for ex in holdout]
+        self.counterfactual_rows = [tokenize(tokenizer, ex, max_length) for ex in
+                                    counterfactuals(forget, holdout, STOP_NEIGHBOURS)]
+        step = max(1, math.ceil(len(retain) / RETAIN_PROBE_ITEMS))
+        self.retain_rows = [tokenize(tokenizer, ex, max_length) for ex in retain[::step]]
+        self.retain_level = (self._mean_probability(model, self.retain_rows)
+                             if self.retain_rows else None)
+
+
+    @torch.no_grad()
+    def _min_k(self, model: Any, rows: Sequence[TokenRow]) -> list[float]:
+        was_training = model.training
+        model.eval()
+        out: list[float] = []
+        for start in range(0, len(rows), _REF_BATCH):
+            batch = to_device(collate(rows[start:start + _REF_BATCH], self.pad), self.device)
+            with _autocast(self.device):
+                fw = run_forward(model, batch)
+            out.extend(min_k_mean(fw.logp[row][fw.mask[row]].float().tolist())
+                       for row in range(fw.logp.shape[0]))
+        model.train(was_training)
+        return out
+
+    def auc(self, model: Any) -> float:
+        """Min-K% ROC AUC, forget items (members) against the never-seen people."""
+        return roc_auc(self._min_k(model, self.forget_rows),
+                       self._min_k(model, self.holdout_rows))
+
+    def _scores(self, model: Any, rows: Sequence[TokenRow]) -> tuple[float, float]:
+        """Mean answer probability and share of answers reproduced (greedy, teacher-forced)."""
+        scores = score_items(model, self.tokenizer, [], self.max_length, rows=rows)
+        return float(scores.item_probability.mean()), float(scores.known.float().mean())
+
+    def _mean_probability(self, model: Any, rows: Sequence[TokenRow]) -> float:
+        return self._scores(model, rows)[0]
+
+    def forgotten(self, model: Any, cfg: BaseMethodConfig) -> bool:
+        """The rule's forgetting test: membership AUC at most ``cfg.stop_auc``, and the
+        forget items' mean answer probability and share of answers reproduced at most
+        ``cfg.stop_margin`` / ``cfg.stop_accuracy_margin`` above the same answers' asked
+        about never-seen people (the verifier's counterfactual bars, on this model)."""
+        if self.auc(model) > cfg.stop_auc:
+            return False
+        probability, known = self._scores(model, self.forget_rows)
+        cf_probability, cf_known = self._scores(model, self.counterfactual_rows)
+        return (probability <= cf_probability + cfg.stop_margin
+                and known <= cf_known + cfg.stop_accuracy_margin)
+
+    def retain_kept(self, model: Any, ratio: float) -> bool:
+        """Whether the retain items' mean answer probability is at least ``ratio`` × its
+        level under the parent (True when there is no retain set to watch)."""
+        if self.retain_level is None:
+            return True
+        return self._mean_probability(model, self.retain_rows) >= ratio * self.retain_level
+
+
+def _calibrate(peft_model: Any, holds: Callable[[], bool]) -> float:
     """Scale the trained adapter back to the least strength (a factor in (0, 1]) at which
-    every forget item is still at or below its target, and return that factor.
+    the stopping rule still ``holds()``, and return that factor (1 when it never does).
 
     Training moves all of a person's answers together, so by the time the last one is
     at a stranger's level the others are far below it — an erased person who is *less*
     likely than a stranger stands out (membership inference sees it), and the extra
     strength costs other people's facts. The adapter's effect is ΔW = B·A, so scaling B
     interpolates between the parent (0) and the trained candidate (1); a bisection on
-    the forget items' scores finds the point where forgetting is just complete."""
-    def forgotten() -> bool:
-        probs = score_items(peft_model, tokenizer, items, max_length,
-                            rows=rows).item_probability
-        return bool((probs <= targets).all())
-
+    the rule finds the point where forgetting is just complete."""
     low, high, current = 0.0, 1.0, 1.0
     for _ in range(CALIBRATION_STEPS):
         mid = (low + high) / 2
         _scale_lora(peft_model, mid / current)
         current = mid
-        if forgotten():
+        if holds():
             high = mid
         else:
             low = mid
@@ -279,7 +361,12 @@ def run_unlearning(
     alt_rows = ([tokenize(tokenizer, ex, cfg.max_length) for ex in alts]
                 if alts is not None else None)
     cache = _reference_cache(method, model, item_rows, alt_rows, pad, device)
-    targets = stop_targets(cfg, model, tokenizer, items, holdout)
+    probe = None
+    if cfg.early_stop and cfg.stop_rule == "membership" and holdout:
+        probe = MembershipProbe(model, tokenizer, items, item_rows, holdout,
+                                retain_list, cfg.max_length, device)
+    targets = None if probe is not None else stop_targets(cfg, model, tokenizer, items,
+                                                          holdout)
 
     n_layers = getattr(model.config, "num_hidden_layers", None)
     torch.manual_seed(cfg.seed)  # LoRA A's initialisation draws from the global RNG
@@ -324,6 +411,7 @@ def run_unlearning(
     loss_value = float("nan")
     step = 0
     stopped_early = False
+    repairing = False  # membership rule: the forget term is off until the retain set is back
     scores = None
     try:
         peft_model.train()
@@ -345,7 +433,7 @@ def run_unlearning(
                                 retain=rbatch, alt=abatch, ref=ref, step=step,
                                 total_steps=total, reference=reference)
             with _autocast(device):
-                loss = method.loss(inputs)
+                loss = retain_nll(inputs) if repairing else method.loss(inputs)
             if sampler is not None and inputs.retain_row_nll is not None:
                 sampler.update(ridx, inputs.retain_row_nll)
             optimiser.zero_grad(set_to_none=True)
@@ -357,7 +445,23 @@ def run_unlearning(
             history.append(loss_value)
             if on_progress is not None and on_progress(step, total, loss_value) is False:
                 raise Cancelled(step, total)
-            if targets is not None and step % check_every == 0 and step < total:
+            check = step % check_every == 0 and step < total
+            # membership rule: forgotten once a membership attack cannot tell these
+            # people from strangers; damage done on the way is repaired before stopping,
+            # and if the repair brought some of them back, forgetting resumes
+            if probe is not None and check:
+                if repairing:
+                    if probe.retain_kept(peft_model, cfg.repair_ratio):
+                        if probe.forgotten(peft_model, cfg):
+                            stopped_early = True
+                            break
+                        repairing = False
+                elif probe.forgotten(peft_model, cfg):
+                    if probe.retain_kept(peft_model, cfg.repair_ratio):
+                        stopped_early = True
+                        break
+                    repairing = True
+            if targets is not None and check:
                 # an item is forgotten once its answer is no more likely than the same
                 # answer about a stranger; more steps would only make it stand out and
                 # cost other people's facts
@@ -371,9 +475,18 @@ def run_unlearning(
             _scale_lora(peft_model, -float(getattr(cfg, "negation_scale", 1.0)))
         peft_model.eval()
         scale = 1.0
-        if targets is not None and stopped_early:
-            scale = _calibrate(peft_model, tokenizer, items, item_rows, targets,
-                               cfg.max_length)
+        if stopped_early and probe is not None:
+            scale = _calibrate(peft_model,
+                               lambda: probe.forgotten(peft_model, cfg))
+        elif stopped_early and targets is not None:
+            stop_at = targets
+
+            def forgotten() -> bool:
+                probs = score_items(peft_model, tokenizer, items, cfg.max_length,
+                                    rows=item_rows).item_probability
+                return bool((probs <= stop_at).all())
+
+            scale = _calibrate(peft_model, forgotten)
             scores = None
         if scores is None or method.negate_adapter:
             scores = score_items(peft_model, tokenizer, items, cfg.max_length, rows=item_rows)

@@ -555,8 +555,11 @@ def stronger(config: dict[str, Any], attempt: int) -> dict[str, Any]:
     after a verdict that found the model still remembering: epochs ×2, learning rate
     ×1.5, forget weight ×1.5 and the early-stopping target ×0.5 per attempt,
     ``max_steps`` ×2 when set, each capped by :data:`ESCALATION_LIMITS`; early stopping
-    is kept so a person forgotten quickly does not pay the larger budget. ``attempt`` ≤ 0
-    returns an unchanged copy; attempts beyond 3 saturate at attempt 3's settings."""
+    is kept so a person forgotten quickly does not pay the larger budget, and switches to
+    the likelihood rule (every item down to its own stranger level, the stricter one:
+    the membership rule's point was not enough, and ``stop_ratio`` only lowers the
+    likelihood target). ``attempt`` ≤ 0 returns an unchanged copy; attempts beyond 3
+    saturate at attempt 3's settings."""
     out = copy.deepcopy(config)
     n = max(0, min(int(attempt), 3))
     if n == 0:
@@ -570,6 +573,7 @@ def stronger(config: dict[str, Any], attempt: int) -> dict[str, Any]:
     out["forget_weight"] = float(min(out.get("forget_weight", 1.0) * 1.5**n,
                                      lim["forget_weight"]))
     out["stop_ratio"] = float(max(out.get("stop_ratio", 1.0) * 0.5**n, lim["stop_ratio"]))
+    out["stop_rule"] = "likelihood"
     return out
 
 
@@ -595,11 +599,12 @@ def weaker(config: dict[str, Any], attempt: int) -> dict[str, Any]:
 def careful(config: dict[str, Any], attempt: int) -> dict[str, Any]:
     """Settings for retry ``attempt`` after a verdict that found the model both still
     remembering and damaged: the gentler step of :func:`weaker` (half the rate, twice the
-    retain weight, a check every step) with the step budget of :func:`stronger` — slower,
-    more protected progress, for as long as it takes."""
+    retain weight, a check every step) with the step budget and stopping rule of
+    :func:`stronger` — slower, more protected progress, for as long as it takes."""
     out = weaker(config, attempt)
     bigger = stronger(config, attempt)
     out["epochs"] = bigger["epochs"]
+    out["stop_rule"] = bigger["stop_rule"]
     if bigger.get("max_steps") is not None:
         out["max_steps"] = bigger["max_steps"]
     return out

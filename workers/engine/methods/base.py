@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,7 +26,9 @@ from workers.engine.unlearn import LLAMA_LINEAR_MODULES
 #   forget_logp    summed answer log-likelihood of each forget item (nats)
 #   alt_logp       the same for each item's alternative ("I don't know") answer
 #   forget_logits  reference logits at each forget item's answer positions
-REFERENCE_QUANTITIES = frozenset({"forget_logp", "alt_logp", "forget_logits"})
+#   forget_token_logp  reference log-probability of each forget item's answer tokens
+REFERENCE_QUANTITIES = frozenset({"forget_logp", "alt_logp", "forget_logits",
+                                  "forget_token_logp"})
 
 
 class BaseMethodConfig(BaseModel):
@@ -59,6 +61,27 @@ class BaseMethodConfig(BaseModel):
     is what the verifier wants: an erased person who ends up *less* likely than a stranger
     stands out (over-unlearning), and every further step costs other people's facts. The
     step budget (``epochs``/``max_steps``) stays a cap.
+
+    ``stop_rule`` chooses what "at a stranger's level" means. ``"likelihood"``: every
+    item's answer probability at its target, as above. ``"membership"`` (needs the
+    never-seen people; without them the likelihood rule applies): a membership-inference
+    attack can no longer tell the forget items from never-seen people — the ROC AUC of
+    their Min-K% scores (the mean of the lowest 40 % of answer-token log-probabilities,
+    the attack UNLEARNING.md and the verifier use) is at most ``stop_auc``, and the
+    verifier's counterfactual bars hold on this model: the items' mean answer
+    probability at most ``stop_margin`` above the same answers' asked about never-seen
+    people, and the share of answers the model reproduces (teacher-forced argmax) at
+    most ``stop_accuracy_margin`` above theirs. An answer's lowest tokens are
+    its facts; the per-item likelihood target also counts the wording the answer shares
+    with everyone's answers, which a model that never saw the person still predicts
+    well, so holding every item to it pushes the facts far below a stranger's (on TOFU,
+    forget quality fell from 0.4–0.9 at the membership point to 1e-5 at the likelihood
+    target). If at that point the retain items' mean answer probability
+    (up to 64 of them, spread over the set) is below ``repair_ratio`` × its level before
+    training, the forget term is switched off and the remaining steps train on the
+    retain batches alone until it is back; training then stops, or, if the repair
+    brought the forget items back above the rule, forgetting resumes. After stopping,
+    the adapter is scaled back to the least strength at which the rule still holds.
 
     Context noise (``context_noise``, a share in [0, 1)): each step, that share of the
     forget answers' *input* tokens is replaced by random vocabulary tokens while every
@@ -101,6 +124,11 @@ class BaseMethodConfig(BaseModel):
     stop_probability: float | None = Field(None, gt=0.0, lt=1.0)
     stop_check_every: int | None = Field(None, ge=1)
     stop_ratio: float = Field(1.0, gt=0.0, le=1.0)
+    stop_rule: Literal["likelihood", "membership"] = "likelihood"
+    stop_auc: float = Field(0.5, gt=0.0, lt=1.0)
+    stop_margin: float = Field(0.05, ge=0.0, lt=1.0)
+    stop_accuracy_margin: float = Field(0.10, ge=0.0, lt=1.0)
+    repair_ratio: float = Field(0.98, ge=0.0, le=1.0)
     context_noise: float = Field(0.0, ge=0.0, lt=1.0)
     retain_hard_share: float = Field(0.0, ge=0.0, le=1.0)
     retain_hard_nll: float = Field(0.1, ge=0.0)
@@ -111,11 +139,13 @@ class BaseMethodConfig(BaseModel):
 class ReferenceCache:
     """Reference-model quantities for the forget items, indexed like the trained forget
     list (CPU or model device tensors; see :data:`REFERENCE_QUANTITIES`).
-    ``forget_logits[i]`` is ``[n_answer_tokens_i, vocab]``."""
+    ``forget_logits[i]`` is ``[n_answer_tokens_i, vocab]``, ``forget_token_logp[i]``
+    ``[n_answer_tokens_i]``."""
 
     forget_logp: torch.Tensor | None = None
     alt_logp: torch.Tensor | None = None
     forget_logits: list[torch.Tensor] | None = None
+    forget_token_logp: list[torch.Tensor] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
