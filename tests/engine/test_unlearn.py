@@ -104,10 +104,10 @@ def test_result_describes_the_run(unlearned: dict[str, Any], sets: dict[str, Any
     assert result.steps % per_epoch == 0 and result.steps == len(result.loss_history)
     assert result.stop_target is None
     model, tok = unlearned["model"], unlearned["tok"]
-    probe = MembershipProbe(model, tok, forget_items(sets["forget"], True),
-                            [tokenize(tok, ex, cfg.max_length) for ex in
-                             forget_items(sets["forget"], True)],
-                            sets["holdout"], sets["retain"], cfg.max_length, torch.device("cpu"))
+    trained = forget_items(sets["forget"], True)
+    probe = MembershipProbe(model, tok, trained,
+                            [tokenize(tok, ex, cfg.max_length) for ex in trained],
+                            sets["holdout"], sets["retain"], cfg.max_length)
     assert probe.forgotten(result.model, cfg)
     assert probe.auc(result.model) <= cfg.stop_auc
     # the adapter was calibrated back to just-forgotten, never strengthened

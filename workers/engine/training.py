@@ -36,11 +36,12 @@ from workers.engine.methods import (
     run_forward,
 )
 from workers.engine.methods.builtin import retain_nll
-from workers.engine.metrics import min_k_mean, roc_auc
+from workers.engine.metrics import roc_auc
 from workers.engine.qa import Example, TokenRow, collate, pad_id, to_device, tokenize
 from workers.engine.unlearn import (
     ADAPTER_WEIGHTS,
     Cancelled,
+    ItemScores,
     ProgressCallback,
     RetainSampler,
     UnlearnResult,
@@ -227,64 +228,48 @@ class MembershipProbe:
 
     def __init__(self, model: Any, tokenizer: Any, forget: Sequence[Example],
                  forget_rows: Sequence[TokenRow], holdout: Sequence[Example],
-                 retain: Sequence[Example], max_length: int, device: torch.device) -> None:
-        self.tokenizer, self.max_length, self.device = tokenizer, max_length, device
-        self.pad = pad_id(tokenizer)
+                 retain: Sequence[Example], max_length: int) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
         self.forget_rows = list(forget_rows)
         self.holdout_rows = [tokenize(tokenizer, ex, max_length) for ex in holdout]
         self.counterfactual_rows = [tokenize(tokenizer, ex, max_length) for ex in
                                     counterfactuals(forget, holdout, STOP_NEIGHBOURS)]
         step = max(1, math.ceil(len(retain) / RETAIN_PROBE_ITEMS))
         self.retain_rows = [tokenize(tokenizer, ex, max_length) for ex in retain[::step]]
-        self.retain_level = (self._mean_probability(model, self.retain_rows)
+        self.retain_level = (self._score(model, self.retain_rows).mean_probability
                              if self.retain_rows else None)
 
+    def _score(self, model: Any, rows: Sequence[TokenRow], min_k: bool = False) -> ItemScores:
+        return score_items(model, self.tokenizer, [], self.max_length, rows=rows, min_k=min_k)
 
-    @torch.no_grad()
-    def _min_k(self, model: Any, rows: Sequence[TokenRow]) -> list[float]:
-        was_training = model.training
-        model.eval()
-        out: list[float] = []
-        for start in range(0, len(rows), _REF_BATCH):
-            batch = to_device(collate(rows[start:start + _REF_BATCH], self.pad), self.device)
-            with _autocast(self.device):
-                fw = run_forward(model, batch)
-            out.extend(min_k_mean(fw.logp[row][fw.mask[row]].float().tolist())
-                       for row in range(fw.logp.shape[0]))
-        model.train(was_training)
-        return out
-
-    def auc(self, model: Any) -> float:
-        """Min-K% ROC AUC, forget items (members) against the never-seen people."""
-        return roc_auc(self._min_k(model, self.forget_rows),
-                       self._min_k(model, self.holdout_rows))
-
-    def _scores(self, model: Any, rows: Sequence[TokenRow]) -> tuple[float, float]:
-        """Mean answer probability and share of answers reproduced (greedy, teacher-forced)."""
-        scores = score_items(model, self.tokenizer, [], self.max_length, rows=rows)
-        return float(scores.item_probability.mean()), float(scores.known.float().mean())
-
-    def _mean_probability(self, model: Any, rows: Sequence[TokenRow]) -> float:
-        return self._scores(model, rows)[0]
+    def auc(self, model: Any, forget: ItemScores | None = None) -> float:
+        """Min-K% ROC AUC, forget items (members) against the never-seen people;
+        ``forget``: the forget items' scores under ``model`` when already measured."""
+        forget = forget if forget is not None else self._score(model, self.forget_rows, True)
+        holdout = self._score(model, self.holdout_rows, True)
+        assert forget.min_k is not None and holdout.min_k is not None
+        return roc_auc(forget.min_k.tolist(), holdout.min_k.tolist())
 
     def forgotten(self, model: Any, cfg: BaseMethodConfig) -> bool:
         """The rule's forgetting test: membership AUC at most ``cfg.stop_auc``, and the
         forget items' mean answer probability and share of answers reproduced at most
         ``cfg.stop_margin`` / ``cfg.stop_accuracy_margin`` above the same answers' asked
-        about never-seen people (the verifier's counterfactual bars, on this model)."""
-        if self.auc(model) > cfg.stop_auc:
+        about never-seen people (the verifier's counterfactual bars, on this model). The
+        forget items are scored once for all three."""
+        forget = self._score(model, self.forget_rows, min_k=True)
+        if self.auc(model, forget) > cfg.stop_auc:
             return False
-        probability, known = self._scores(model, self.forget_rows)
-        cf_probability, cf_known = self._scores(model, self.counterfactual_rows)
-        return (probability <= cf_probability + cfg.stop_margin
-                and known <= cf_known + cfg.stop_accuracy_margin)
+        cf = self._score(model, self.counterfactual_rows)
+        return (forget.mean_probability <= cf.mean_probability + cfg.stop_margin
+                and float(forget.known.float().mean())
+                <= float(cf.known.float().mean()) + cfg.stop_accuracy_margin)
 
     def retain_kept(self, model: Any, ratio: float) -> bool:
         """Whether the retain items' mean answer probability is at least ``ratio`` × its
         level under the parent (True when there is no retain set to watch)."""
         if self.retain_level is None:
             return True
-        return self._mean_probability(model, self.retain_rows) >= ratio * self.retain_level
+        return self._score(model, self.retain_rows).mean_probability >= ratio * self.retain_level
 
 
 def _calibrate(peft_model: Any, holds: Callable[[], bool]) -> float:
@@ -364,7 +349,7 @@ def run_unlearning(
     probe = None
     if cfg.early_stop and cfg.stop_rule == "membership" and holdout:
         probe = MembershipProbe(model, tokenizer, items, item_rows, holdout,
-                                retain_list, cfg.max_length, device)
+                                retain_list, cfg.max_length)
     targets = None if probe is not None else stop_targets(cfg, model, tokenizer, items,
                                                           holdout)
 

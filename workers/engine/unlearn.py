@@ -130,11 +130,14 @@ class ItemScores:
     """Per-item scores of a list of examples under one model (CPU tensors, aligned with
     the examples): ``logp`` summed answer log-likelihood (nats, answer tokens + EOS),
     ``count`` number of those tokens, ``known`` whether every answer token (EOS aside) is
-    the model's argmax given the true prefix, i.e. greedy decoding still says the answer."""
+    the model's argmax given the true prefix, i.e. greedy decoding still says the answer;
+    ``min_k`` (when asked for) the Min-K% membership score, the mean of the lowest 40 % of
+    the answer-token log-likelihoods (:func:`workers.engine.metrics.min_k_mean`)."""
 
     logp: torch.Tensor
     count: torch.Tensor
     known: torch.Tensor
+    min_k: torch.Tensor | None = None
 
     @property
     def item_probability(self) -> torch.Tensor:
@@ -155,11 +158,14 @@ def score_items(
     max_length: int = 128,
     batch_size: int = 32,
     rows: Sequence[TokenRow] | None = None,
+    min_k: bool = False,
 ) -> ItemScores:
     """:class:`ItemScores` of ``examples`` under ``model`` in eval mode (one forward pass
     per batch, no generation). ``rows``: the examples already tokenised
     (:func:`qa.tokenize` with the same ``max_length``), for callers that score the same
-    items again and again."""
+    items again and again. ``min_k``: also the Min-K% score of each item."""
+    from workers.engine.metrics import min_k_mean
+
     if rows is None:
         rows = [tokenize(tokenizer, ex, max_length) for ex in examples]
     pad = pad_id(tokenizer)
@@ -170,6 +176,7 @@ def score_items(
     logps: list[torch.Tensor] = []
     counts: list[torch.Tensor] = []
     known: list[torch.Tensor] = []
+    min_ks: list[float] = []
     for start in range(0, len(rows), batch_size):
         batch = to_device(collate(rows[start : start + batch_size], pad), device)
         out = answer_logits(model, batch)
@@ -179,11 +186,15 @@ def score_items(
         logps.append(logp.sum(-1).float().cpu())
         counts.append(mask.sum(-1).cpu())
         known.append((hit | ~scored).all(-1).cpu())
+        if min_k:
+            min_ks.extend(min_k_mean(lp[m].float().tolist()) for lp, m in zip(logp, mask,
+                                                                              strict=True))
     model.train(was_training)
+    mk = torch.tensor(min_ks) if min_k else None
     if not logps:
         empty = torch.zeros(0)
-        return ItemScores(empty, empty.long(), empty.bool())
-    return ItemScores(torch.cat(logps), torch.cat(counts), torch.cat(known))
+        return ItemScores(empty, empty.long(), empty.bool(), mk)
+    return ItemScores(torch.cat(logps), torch.cat(counts), torch.cat(known), mk)
 
 
 def cycle_indices(n: int, generator: torch.Generator) -> Iterator[int]:
