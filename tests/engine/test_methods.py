@@ -24,8 +24,8 @@ from workers.engine.methods import (
     parse_method_config,
     run_forward,
 )
-from workers.engine.methods.builtin import NPOMethodConfig, npo_token_loss
-from workers.engine.qa import encode
+from workers.engine.methods.builtin import NPOMethodConfig, npo_token_loss, unlikelihood_loss
+from workers.engine.qa import collate, encode, pad_id, tokenize
 from workers.engine.training import noise_context, noise_vocabulary, run_unlearning
 from workers.engine.unlearn import ADAPTER_WEIGHTS, Cancelled, UnlearnResult, score_items
 from workers.engine.versions import load_version
@@ -325,6 +325,67 @@ def test_npo_token_weights_do_not_fade_with_the_rest_of_the_answer() -> None:
     assert bool((sequence_grad.abs() < 0.01).all())
 
 
+def test_unlikelihood_pushes_hardest_where_the_answer_is_most_certain() -> None:
+    """−log(1 − p) per token, averaged per row over the selected rows only; its gradient
+    on log p is p/(1 − p): large for a saturated token, where NPO's vanishes."""
+    mask = torch.tensor([[True, True], [True, False]])
+    logp = torch.log(torch.tensor([[0.99, 0.5], [0.2, 1.0]])).requires_grad_(True)
+    rows = torch.tensor([True, False])
+    loss = unlikelihood_loss(_forward(logp, mask), rows)
+    expected = (-math.log(0.01) - math.log(0.5)) / 2
+    assert float(loss) == pytest.approx(expected, rel=1e-4)
+    loss.backward()
+    assert logp.grad is not None
+    assert float(logp.grad[0, 0]) == pytest.approx(0.99 / 0.01 / 2, rel=1e-3)
+    assert float(logp.grad[0, 1]) == pytest.approx(0.5 / 0.5 / 2, rel=1e-3)
+    assert logp.grad[1].tolist() == [0.0, 0.0]  # not selected
+    # both rows selected: the row means average
+    both = unlikelihood_loss(_forward(logp.detach(), mask), torch.tensor([True, True]))
+    assert float(both) == pytest.approx((expected + -math.log(0.8)) / 2, rel=1e-4)
+
+
+def test_held_answers_are_known_about_the_person_only() -> None:
+    from workers.engine.training import held_answers
+    from workers.engine.unlearn import ItemScores
+
+    def scores(known: list[bool]) -> ItemScores:
+        n = len(known)
+        return ItemScores(torch.zeros(n), torch.ones(n), torch.tensor(known))
+
+    forget = scores([True, True, False])
+    # two strangers per item: item 0's answer is said about a stranger too (shared)
+    cf = scores([False, True, False, False, True, True])
+    assert held_answers(forget, cf).tolist() == [False, True, False]
+
+
+def test_npo_unlikelihood_term_only_on_held_rows(demo_model_dir: Path,
+                                                 sets: dict[str, Any]) -> None:
+    from workers.engine.methods import ReferenceCache, StepInputs, get_method
+    from workers.engine.training import _reference_cache
+
+    model, tok = load_version(demo_model_dir)
+    rows = [tokenize(tok, ex, 64) for ex in sets["forget"][:2]]
+    method = get_method(NPOMethodConfig(unlikelihood_weight=2.0, retain_weight=0.0))
+    cache = _reference_cache(method, model, rows, None, pad_id(tok), torch.device("cpu"))
+    batch = collate(rows, pad_id(tok))
+
+    def loss(held: list[bool] | None) -> float:
+        inputs = StepInputs(model=model, forget=batch, forget_index=[0, 1], retain=None,
+                            alt=None, ref=cache, step=1, total_steps=1,
+                            reference=lambda: torch.no_grad(),
+                            forget_held=None if held is None else torch.tensor(held))
+        with torch.no_grad():
+            return float(method.loss(inputs))
+
+    assert isinstance(cache, ReferenceCache)
+    plain = loss(None)
+    assert plain == pytest.approx(2 / 0.3 * math.log(2), rel=1e-4)  # at the reference
+    assert loss([False, False]) == pytest.approx(plain)
+    # the parent knows these answers (p ≈ 1): the term is large
+    assert loss([True, False]) > plain + 2.0
+    assert loss([True, True]) > plain + 2.0
+
+
 def test_npo_granularity_sequence_is_the_published_loss(demo_model_dir: Path,
                                                         sets: dict[str, Any],
                                                         tmp_path: Path) -> None:
@@ -356,8 +417,9 @@ def _run_with_checks(demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
     from workers.engine import training
 
     answers = {"forgotten": iter(forgotten), "kept": iter(kept)}
-    monkeypatch.setattr(training.MembershipProbe, "forgotten",
-                        lambda self, model, cfg: next(answers["forgotten"], True))
+    monkeypatch.setattr(training.MembershipProbe, "read",
+                        lambda self, model, cfg: training.ProbeReading(
+                            0.5, None, next(answers["forgotten"], True)))
     monkeypatch.setattr(training.MembershipProbe, "retain_kept",
                         lambda self, model, ratio: next(answers["kept"], True))
     model, tok = load_version(demo_model_dir)

@@ -108,8 +108,16 @@ def test_result_describes_the_run(unlearned: dict[str, Any], sets: dict[str, Any
     probe = MembershipProbe(model, tok, trained,
                             [tokenize(tok, ex, cfg.max_length) for ex in trained],
                             sets["holdout"], sets["retain"], cfg.max_length)
-    assert probe.forgotten(result.model, cfg)
-    assert probe.auc(result.model) <= cfg.stop_auc
+    reading = probe.read(result.model, cfg)
+    assert reading.forgotten and reading.auc <= cfg.stop_auc
+    # no answer still given word for word about this person only
+    assert reading.held is not None and not bool(reading.held.any())
+    # under the parent many are (8 of these 20 on the tiny model: known, and said about
+    # no stranger; the rest are answers it gives strangers too)
+    with result.model.disable_adapter():
+        parent = probe.read(result.model, cfg.model_copy(update={"stop_auc": 1.0}))
+    assert parent.held is not None and float(parent.held.float().mean()) >= 0.25
+    assert not parent.forgotten
     # the adapter was calibrated back to just-forgotten, never strengthened
     assert 0.0 < result.adapter_scale <= 1.0
     assert result.adapter_sha256 == sha256_file(Path(result.adapter_dir) / ADAPTER_WEIGHTS)

@@ -219,6 +219,17 @@ CALIBRATION_STEPS = 7  # bisection steps: the strength is found to within 1/128
 RETAIN_PROBE_ITEMS = 64  # retain items the membership rule watches for damage
 
 
+@dataclasses.dataclass
+class ProbeReading:
+    """One reading of :class:`MembershipProbe`: the membership ``auc``; ``held``, per
+    forget item, whether its answer is still held (``None`` while the AUC is above the
+    rule's bar, when it is not measured); whether the rule's test passed."""
+
+    auc: float
+    held: torch.Tensor | None
+    forgotten: bool
+
+
 class MembershipProbe:
     """The membership stopping rule's measurements (see ``stop_rule`` in
     :class:`~workers.engine.methods.BaseMethodConfig`): the Min-K% membership AUC of the
@@ -251,18 +262,29 @@ class MembershipProbe:
         return roc_auc(forget.min_k.tolist(), holdout.min_k.tolist())
 
     def forgotten(self, model: Any, cfg: BaseMethodConfig) -> bool:
-        """The rule's forgetting test: membership AUC at most ``cfg.stop_auc``, and the
+        """Whether the rule's forgetting test passes (:meth:`read`)."""
+        return self.read(model, cfg).forgotten
+
+    def read(self, model: Any, cfg: BaseMethodConfig) -> ProbeReading:
+        """The rule's forgetting test: membership AUC at most ``cfg.stop_auc``; the
         forget items' mean answer probability and share of answers reproduced at most
         ``cfg.stop_margin`` / ``cfg.stop_accuracy_margin`` above the same answers' asked
-        about never-seen people (the verifier's counterfactual bars, on this model). The
-        forget items are scored once for all three."""
+        about never-seen people (the verifier's counterfactual bars, on this model); and
+        at most ``cfg.stop_held_share`` of the answers still held (:func:`held_answers`:
+        a mean can hide a few facts the model still gives word for word). The forget
+        items are scored once for all of them; the counterfactuals only once the AUC
+        is down."""
         forget = self._score(model, self.forget_rows, min_k=True)
-        if self.auc(model, forget) > cfg.stop_auc:
-            return False
+        auc = self.auc(model, forget)
+        if auc > cfg.stop_auc:
+            return ProbeReading(auc, None, False)
         cf = self._score(model, self.counterfactual_rows)
-        return (forget.mean_probability <= cf.mean_probability + cfg.stop_margin
-                and float(forget.known.float().mean())
-                <= float(cf.known.float().mean()) + cfg.stop_accuracy_margin)
+        held = held_answers(forget, cf)
+        forgotten = (forget.mean_probability <= cf.mean_probability + cfg.stop_margin
+                     and float(forget.known.float().mean())
+                     <= float(cf.known.float().mean()) + cfg.stop_accuracy_margin
+                     and float(held.float().mean()) <= cfg.stop_held_share)
+        return ProbeReading(auc, held, forgotten)
 
     def retain_kept(self, model: Any, ratio: float) -> bool:
         """Whether the retain items' mean answer probability is at least ``ratio`` × its
@@ -270,6 +292,17 @@ class MembershipProbe:
         if self.retain_level is None:
             return True
         return self._score(model, self.retain_rows).mean_probability >= ratio * self.retain_level
+
+
+def held_answers(forget: ItemScores, counterfactual: ItemScores) -> torch.Tensor:
+    """Per forget item, whether the model still says its answer about this person
+    (teacher-forced argmax) but about none of the never-seen people asked the same
+    question with the same answer (``counterfactual``: :func:`~workers.engine.baselines.
+    counterfactuals`' rows, the same number per item, in item order): a fact it holds
+    about this person only. A shared answer ("tailor", a common city) that the model
+    also gives strangers is not held."""
+    per_item = counterfactual.known.view(len(forget.known), -1)
+    return forget.known & ~per_item.any(-1)
 
 
 def _calibrate(peft_model: Any, holds: Callable[[], bool]) -> float:
@@ -398,6 +431,7 @@ def run_unlearning(
     stopped_early = False
     repairing = False  # membership rule: the forget term is off until the retain set is back
     scores = None
+    held: torch.Tensor | None = None
     try:
         peft_model.train()
         while step < total:
@@ -416,7 +450,8 @@ def run_unlearning(
                 rbatch = to_device(collate([retain_row(i) for i in ridx], pad), device)
             inputs = StepInputs(model=peft_model, forget=fbatch, forget_index=idx,
                                 retain=rbatch, alt=abatch, ref=ref, step=step,
-                                total_steps=total, reference=reference)
+                                total_steps=total, reference=reference,
+                                forget_held=None if held is None else held[idx])
             with _autocast(device):
                 loss = retain_nll(inputs) if repairing else method.loss(inputs)
             if sampler is not None and inputs.retain_row_nll is not None:
@@ -435,13 +470,17 @@ def run_unlearning(
             # people from strangers; damage done on the way is repaired before stopping,
             # and if the repair brought some of them back, forgetting resumes
             if probe is not None and check:
+                reading = probe.read(peft_model, cfg)
+                # the answers still held (known for this person only) once membership
+                # can no longer tell: the method's loss can work on those next
+                held = reading.held
                 if repairing:
                     if probe.retain_kept(peft_model, cfg.repair_ratio):
-                        if probe.forgotten(peft_model, cfg):
+                        if reading.forgotten:
                             stopped_early = True
                             break
                         repairing = False
-                elif probe.forgotten(peft_model, cfg):
+                elif reading.forgotten:
                     if probe.retain_kept(peft_model, cfg.repair_ratio):
                         stopped_early = True
                         break

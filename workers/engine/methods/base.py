@@ -80,7 +80,11 @@ class BaseMethodConfig(BaseModel):
     (up to 64 of them, spread over the set) is below ``repair_ratio`` × its level before
     training, the forget term is switched off and the remaining steps train on the
     retain batches alone until it is back; training then stops, or, if the repair
-    brought the forget items back above the rule, forgetting resumes. After stopping,
+    brought the forget items back above the rule, forgetting resumes. A mean can hide a
+    few facts still given word for word, so at most ``stop_held_share`` (default none)
+    of the answers may be *held*: reproduced (teacher-forced argmax) about this person
+    but about none of the never-seen people asked the same question with the same
+    answer — a shared answer ("tailor") that strangers get too is not held. After stopping,
     the adapter is scaled back to the least strength at which the rule still holds.
 
     Context noise (``context_noise``, a share in [0, 1)): each step, that share of the
@@ -128,6 +132,7 @@ class BaseMethodConfig(BaseModel):
     stop_auc: float = Field(0.5, gt=0.0, lt=1.0)
     stop_margin: float = Field(0.05, ge=0.0, lt=1.0)
     stop_accuracy_margin: float = Field(0.10, ge=0.0, lt=1.0)
+    stop_held_share: float = Field(0.0, ge=0.0, le=1.0)
     repair_ratio: float = Field(0.98, ge=0.0, le=1.0)
     context_noise: float = Field(0.0, ge=0.0, lt=1.0)
     retain_hard_share: float = Field(0.0, ge=0.0, le=1.0)
@@ -198,7 +203,9 @@ class StepInputs:
     model; ``reference()`` is a context manager under which the model is the reference
     (adapter disabled) — use it inside ``torch.no_grad()``. A loss that scores the retain
     batch by NLL leaves the per-row NLL in ``retain_row_nll`` (detached) for the loop's
-    hard-retain sampling.
+    hard-retain sampling. ``forget_held`` (membership rule, once its AUC is reached):
+    per forget-batch row, whether that answer is still held — known word for word about
+    this person and no never-seen one (``None`` otherwise).
     """
 
     model: Any
@@ -211,6 +218,7 @@ class StepInputs:
     total_steps: int
     reference: Callable[[], AbstractContextManager[Any]]
     retain_row_nll: torch.Tensor | None = None
+    forget_held: torch.Tensor | None = None
 
     def forward(self, batch: dict[str, torch.Tensor], hidden: bool = False) -> Forward:
         return run_forward(self.model, batch, hidden)

@@ -112,10 +112,22 @@ class NPOMethodConfig(BaseMethodConfig):
     there are none), a cap of 90 passes, a pass in at most 4 steps (one person's ~20
     items: 3 steps of 8; a batch of 50 people: 16 steps of 64), 32 retain items per step
     of which half replay the currently most damaged facts. The adapter is scaled back to
-    the stopping point, so people forgotten quickly cost the others less."""
+    the stopping point, so people forgotten quickly cost the others less.
+
+    ``unlikelihood_weight`` (off by default): once the membership rule's AUC is reached,
+    the answers still held (known word for word for this person only, see
+    ``stop_held_share``) get an unlikelihood term, −log(1 − π_θ(y_t)) per answer token,
+    on top. NPO's gradient on a token's logit is ∝ 1 − π_θ(y_t) and vanishes for exactly
+    those answers: on the small demo model a batch of ten people kept 16–20 of 200
+    answers at probability 0.99 to the step cap while NPO pushed everyone else below a
+    stranger's level. The unlikelihood gradient is ∝ π_θ(y_t), strongest where the answer
+    is most certain. With weight 1 that batch ends with none held; it is not the default
+    because on the tiny demo model the adapter it trains calibrates to a weaker point
+    where the paraphrased prompts sit just above the verifier's bar (docs/benchmarks.md)."""
 
     method: Literal["npo"] = "npo"
     granularity: Literal["token", "sequence"] = "token"
+    unlikelihood_weight: float = Field(0.0, ge=0.0)
     beta: float | None = Field(None, gt=0.0)
     stop_rule: Literal["likelihood", "membership"] = "membership"
     epochs: int = Field(90, ge=1)
@@ -154,7 +166,18 @@ class NPO(Method):
             assert inputs.ref.forget_token_logp is not None
             forget = npo_token_loss(fw, [inputs.ref.forget_token_logp[i]
                                          for i in inputs.forget_index], beta)
+        held = inputs.forget_held
+        if cfg.unlikelihood_weight and held is not None and bool(held.any()):
+            forget = forget + cfg.unlikelihood_weight * unlikelihood_loss(fw, held)
         return cfg.forget_weight * forget + cfg.retain_weight * retain_nll(inputs)
+
+
+def unlikelihood_loss(fw: Forward, rows: torch.Tensor) -> torch.Tensor:
+    """Unlikelihood: −log(1 − π_θ(y_t)) averaged over each row's answer tokens, then
+    over the rows selected by the boolean mask ``rows`` (at least one)."""
+    p = fw.logp.float().exp().clamp(max=1.0 - 1e-6)
+    per_token = -torch.log1p(-p) * fw.mask
+    return (per_token.sum(-1) / fw.count)[rows.to(fw.logp.device)].mean()
 
 
 def npo_token_loss(fw: Forward, ref_tokens: list[torch.Tensor], beta: float) -> torch.Tensor:
