@@ -454,3 +454,37 @@ def test_membership_rule_resumes_forgetting_when_the_repair_undoes_it(
                                       forgotten=[True, False, True], kept=[False, True, True])
     assert result.stopped_early and result.steps == 3
     assert losses[0] > 2.0 and losses[1] < 0.5 and losses[2] > 2.0
+
+
+def test_membership_rule_trains_on_the_held_answers_alone(
+        demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the AUC is reached with answers still held, the next forget batches are those
+    answers only; the rest of the person is left at the stranger's level."""
+    from workers.engine import training
+    from workers.engine.methods.builtin import NPO
+
+    n_items = 20  # person 0's rows and their paraphrases
+    held = torch.zeros(n_items, dtype=torch.bool)
+    held[[2, 5]] = True
+    readings = iter([training.ProbeReading(0.4, held, False)])
+    done = training.ProbeReading(0.4, torch.zeros(n_items, dtype=torch.bool), True)
+    monkeypatch.setattr(training.MembershipProbe, "read",
+                        lambda self, model, cfg: next(readings, done))
+    monkeypatch.setattr(training.MembershipProbe, "retain_kept",
+                        lambda self, model, ratio: True)
+    trained: list[list[int]] = []
+    loss = NPO.loss
+
+    def spy(self: NPO, inputs: Any) -> torch.Tensor:
+        trained.append(sorted(inputs.forget_index))
+        assert inputs.forget_held is not None or len(trained) == 1
+        return loss(self, inputs)
+
+    monkeypatch.setattr(NPO, "loss", spy)
+    model, tok = load_version(demo_model_dir)
+    cfg = NPOMethodConfig(forget_steps_per_pass=None, batch_size=n_items)  # a pass = 1 step
+    result = run_unlearning(model, tok, sets["forget"], sets["retain"], cfg, tmp_path,
+                            holdout=sets["holdout"])
+    assert result.n_forget == n_items and result.stopped_early and result.steps == 2
+    assert trained == [list(range(n_items)), [2, 5]]

@@ -80,6 +80,9 @@ def test_noop_adapter_fails(parent, sets, demo_model_dir: Path, tmp_path: Path) 
     assert any(r.startswith("MIA loss AUC") and "above" in r for r in verdict.reasons)
     assert not any(r.startswith(("retain", "general")) for r in verdict.reasons)
     assert verdict.metrics["after"]["mia_auc"]["loss"] > 0.95
+    # most answers are held: given word for word about the person, about no stranger
+    assert verdict.metrics["after"]["sets"]["forget"]["held"] >= 0.25
+    assert any(r.startswith("forget held") for r in verdict.reasons)
     json.dumps(verdict.to_dict(), allow_nan=False)
 
 
@@ -116,6 +119,8 @@ def test_genuine_unlearning_passes(parent, sets, npo) -> None:
     # privacy: no MIA score recognises the person as trained-on any more
     for score, auc in after["mia_auc"].items():
         assert 0.0 <= auc <= VerifierPolicy().mia_auc_max, score
+    assert after["sets"]["forget"]["held"] == 0.0
+    assert verdict.thresholds["forget_held_max"] == 0.0
     # robustness: a short attack on half the facts brings back little of the other half
     rel = verdict.metrics["relearn"]
     assert rel["n_attack"] > 0 and rel["n_eval"] > 0
@@ -313,6 +318,8 @@ def test_judge_full_passes_clean_and_is_json() -> None:
         (_measurement(forget_derived=_set(0.3, 0.05, 20)), GOOD_ATTACK, "forget_derived accuracy"),
         (_measurement(forget=_set(0.0, 0.0005)), GOOD_ATTACK,
          "forget probability 0.00050 is below"),
+        (_measurement(forget={**_set(0.05, 0.1), "held": 0.05}), GOOD_ATTACK,
+         "forget held 0.050 is above 0.000"),
         (_measurement(mia_auc={"loss": 0.8, "zlib": 0.5, "min_k": 0.5, "min_k_pp": 0.5}),
          GOOD_ATTACK, "MIA loss AUC 0.800 is above"),
         (_measurement(retain=_set(0.85, 0.9, 100)), GOOD_ATTACK, "retain accuracy"),
@@ -360,6 +367,12 @@ def test_policy_round_trip_and_stronger() -> None:
     assert VerifierPolicy.from_dict(json.loads(json.dumps(pol.to_dict()))) == pol
     with pytest.raises(ValueError, match="unknown"):
         VerifierPolicy.from_dict({"mia_auc_mx": 0.7})
+    # a revision stored before the held-answers rule is judged as it was; new ones get it
+    old = {k: v for k, v in pol.to_dict().items() if k != "forget_held_max"}
+    assert VerifierPolicy.from_dict({**old, "version": "2.0"}).forget_held_max == 1.0
+    assert VerifierPolicy.from_dict(old).forget_held_max == 0.0
+    with pytest.raises(ValueError, match="forget_held_max"):
+        VerifierPolicy(forget_held_max=1.5)
     base = NPOMethodConfig().model_dump(mode="json")
     s1, s2, s9 = stronger(base, 1), stronger(base, 2), stronger(base, 9)
     assert s1["epochs"] > base["epochs"] and s1["learning_rate"] > base["learning_rate"]

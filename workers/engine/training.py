@@ -409,7 +409,9 @@ def run_unlearning(
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
     check_every = cfg.stop_check_every or steps_per_epoch
     gen = torch.Generator().manual_seed(cfg.seed)
-    forget_order = cycle_indices(len(items), gen)
+    all_items = list(range(len(items)))
+    pool = all_items  # the forget items trained on
+    forget_order = cycle_indices(len(pool), gen)
     sampler = (RetainSampler(len(retain_list), cfg.retain_batch_size or cfg.batch_size,
                              cfg.retain_hard_share, cfg.retain_hard_nll, gen)
                if retain_list else None)
@@ -436,7 +438,7 @@ def run_unlearning(
         peft_model.train()
         while step < total:
             step += 1
-            idx = [next(forget_order) for _ in range(min(forget_bs, len(items)))]
+            idx = [pool[next(forget_order)] for _ in range(min(forget_bs, len(pool)))]
             fbatch = to_device(collate([item_rows[i] for i in idx], pad), device)
             ref = cache
             if vocabulary is not None:
@@ -471,9 +473,14 @@ def run_unlearning(
             # and if the repair brought some of them back, forgetting resumes
             if probe is not None and check:
                 reading = probe.read(peft_model, cfg)
-                # the answers still held (known for this person only) once membership
-                # can no longer tell: the method's loss can work on those next
+                # once membership can no longer tell, training goes on with the answers
+                # still held (known about this person only) alone: the rest are at a
+                # stranger's level, and pushing them further makes them stand out
                 held = reading.held
+                now_pool = (held.nonzero().flatten().tolist()
+                            if held is not None and bool(held.any()) else all_items)
+                if now_pool != pool:
+                    pool, forget_order = now_pool, cycle_indices(len(now_pool), gen)
                 if repairing:
                     if probe.retain_kept(peft_model, cfg.repair_ratio):
                         if reading.forgotten:

@@ -14,7 +14,11 @@ measured with the same probes, so the bar is what the model would say about a st
 
 * forgetting — on the forget items, their paraphrased prompts, and probes the verifier
   derives itself (:func:`derived_probes`): accuracy, mean probability, ROUGE-L recall and
-  extraction strength ≤ holdout level + margin;
+  extraction strength ≤ holdout level + margin; and, with counterfactuals, at most
+  ``forget_held_max`` of the forget answers *held*: reproduced word for word (every
+  answer token the teacher-forced argmax) about the erased person but about none of the
+  never-seen people asked the same question with the same answer — a mean within its
+  margin can still hide a few facts the model gives with certainty;
 * over-unlearning — forget mean probability ≥ ``forget_probability_floor_ratio`` ×
   holdout probability (an erased person must not stand out as *less* likely than a
   stranger, which leaks that they were erased);
@@ -43,6 +47,7 @@ from workers.engine.metrics import (
     ItemScore,
     json_safe,
     mia_aucs,
+    score_examples,
     set_metrics,
     truth_ratio_forget,
     truth_ratio_other,
@@ -51,7 +56,7 @@ from workers.engine.metrics import (
 )
 from workers.engine.qa import Example, paraphrased
 
-POLICY_VERSION = "2.0"
+POLICY_VERSION = "2.1"
 # Evaluation subsets are drawn with this seed so parent and candidate see the same items.
 SUBSET_SEED = 0
 
@@ -79,6 +84,8 @@ class VerifierPolicy:
     (mean per-token probability of the answer; strangers score ~0.15–0.3 on the demo
     models from generic tokens, a remembered fact 0.9+), ``forget_rouge_margin`` (ROUGE-L
     recall of greedy answers), ``forget_extraction_margin`` (extraction strength).
+    ``forget_held_max``: the share of forget answers that may still be held (module
+    docstring; needs ``counterfactual_neighbours``).
 
     ``forget_probability_floor_ratio``: forget probability must be at least this share of
     the never-seen level (over-unlearning: the default fails an erased person whose
@@ -114,6 +121,7 @@ class VerifierPolicy:
     forget_probability_margin: float = 0.05
     forget_rouge_margin: float = 0.10
     forget_extraction_margin: float = 0.10
+    forget_held_max: float = 0.0
     check_paraphrases: bool = True
     check_derived_probes: bool = True
     counterfactual_neighbours: int = 4
@@ -147,6 +155,8 @@ class VerifierPolicy:
                 "max_escalations", "counterfactual_neighbours")
             if getattr(self, name) < 0
         ]
+        if not 0.0 <= self.forget_held_max <= 1.0:
+            problems.append("forget_held_max must be in [0, 1]")
         if not 0.0 <= self.mia_auc_min < self.mia_auc_max <= 1.0:
             problems.append("need 0 ≤ mia_auc_min < mia_auc_max ≤ 1")
         if self.max_escalations > 5:
@@ -161,8 +171,9 @@ class VerifierPolicy:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VerifierPolicy:
-        """The policy ``data`` describes (missing fields: defaults); ``ValueError`` on an
-        unknown field, a value of the wrong type or out of range."""
+        """The policy ``data`` describes (missing fields: defaults, except that a
+        version "2.0" policy, from before the held-answers rule, keeps it off);
+        ``ValueError`` on an unknown field, a value of the wrong type or out of range."""
         from pydantic import TypeAdapter, ValidationError
 
         known = {f.name for f in dataclasses.fields(cls)}
@@ -170,8 +181,12 @@ class VerifierPolicy:
         if unknown:
             # a typo in a threshold must not silently fall back to the default
             raise ValueError(f"unknown policy fields: {sorted(unknown)}")
+        data = dict(data)
+        if data.get("version") == "2.0" and "forget_held_max" not in data:
+            # a revision stored before the held-answers rule existed is judged as it was
+            data["forget_held_max"] = 1.0
         try:
-            return TypeAdapter(cls).validate_python(dict(data))
+            return TypeAdapter(cls).validate_python(data)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "policy"
@@ -330,6 +345,9 @@ def measure_full(
         if name in TRUTH_RATIO_SETS:
             sets[name].update(_truth_ratio(model, tokenizer, items, name, pol))
         sets[name]["utility"] = utility(sets[name]) if items else float("nan")
+    if pol.counterfactual_neighbours and not parent and f_items:
+        sets["forget"]["held"] = held_share(model, tokenizer, f_items, per_item["forget"],
+                                            holdout, pol)
     _, evaluate = split_by_fact(list(attacked) if attacked is not None else f_items)
     ev = [s for s, ex in zip(per_item["forget"], f_items, strict=True) if ex in evaluate]
     relearn_eval = [
@@ -343,6 +361,24 @@ def measure_full(
         "relearn_eval": relearn_eval,
         "seconds": time.perf_counter() - started,
     })
+
+
+def held_share(model: Any, tokenizer: Any, forget: Sequence[Example],
+               scores: Sequence[ItemScore], holdout: Sequence[Example],
+               pol: VerifierPolicy) -> float:
+    """Share of ``forget`` (scored as ``scores``) whose answer ``model`` reproduces word
+    for word (exact memorisation 1) while it reproduces it for none of the item's
+    ``pol.counterfactual_neighbours`` never-seen people asked the same question (every
+    neighbour scored, uncapped: the rule is per item)."""
+    cf = counterfactuals(forget, holdout, pol.counterfactual_neighbours)
+    if not cf:
+        return 0.0
+    k = len(cf) // len(forget)
+    cf_scores = score_examples(model, tokenizer, cf, pol.batch_size, pol.max_length)
+    held = sum(1 for i, s in enumerate(scores)
+               if s.exact_memorisation >= 1.0
+               and all(c.exact_memorisation < 1.0 for c in cf_scores[i * k:(i + 1) * k]))
+    return held / len(forget)
 
 
 def _truth_ratio(model: Any, tokenizer: Any, items: Sequence[Example], name: str,
@@ -425,6 +461,15 @@ def judge_full(
                     f"{name} {key} {value:.3f} is above the never-seen level "
                     f"({base} {_num(ref.get(key)):.3f} + {margin:.2f} = {limit:.3f}): "
                     "the model still knows the erased facts")
+
+    if "held" in sets.get("forget", {}):
+        held = _num(sets["forget"]["held"])
+        th["forget_held_max"] = pol.forget_held_max
+        if fails(held, pol.forget_held_max, above=True):
+            fail(REMEMBERS,
+                 f"forget held {held:.3f} is above {pol.forget_held_max:.3f}: that share of "
+                 "the erased answers is still given word for word about the person and "
+                 "about none of the never-seen people asked the same question")
 
     floor_name, floor_ref = baseline("forget", "holdout")
     floor = pol.forget_probability_floor_ratio * _num(floor_ref.get("probability"))
