@@ -104,7 +104,8 @@ class NPOMethodConfig(BaseMethodConfig):
     few of its tokens have collapsed, and the rest of the answer — the facts a
     paraphrase still carries — is left where it was; per token, each token keeps its
     weight until it has fallen itself. On TOFU forget01 this took forget quality from
-    2 of 5 model pairs at the target to 5 of 5 (docs/benchmarks.md).
+    2 of 5 model pairs at the target to 4 of 5, and 5 of 5 once the stop also required no
+    held answers (docs/benchmarks.md).
 
     Lethe's default method. Its defaults were measured on the demo models and TOFU: early
     stopping by membership inference against the never-seen people, with the retain set
@@ -121,9 +122,10 @@ class NPOMethodConfig(BaseMethodConfig):
     those answers: on the small demo model a batch of ten people kept 16–20 of 200
     answers at probability 0.99 to the step cap while NPO pushed everyone else below a
     stranger's level. The unlikelihood gradient is ∝ π_θ(y_t), strongest where the answer
-    is most certain. With weight 1 that batch ends with none held; it is not the default
-    because on the tiny demo model the adapter it trains calibrates to a weaker point
-    where the paraphrased prompts sit just above the verifier's bar (docs/benchmarks.md)."""
+    is most certain. It is not the default: that batch still ends at the cap with 14 of
+    200 answers given, and on the tiny demo model the adapter it trains calibrates to a
+    point where the paraphrased prompts sit just above the verifier's bar
+    (docs/benchmarks.md)."""
 
     method: Literal["npo"] = "npo"
     granularity: Literal["token", "sequence"] = "token"
