@@ -345,16 +345,11 @@ def test_unlikelihood_pushes_hardest_where_the_answer_is_most_certain() -> None:
 
 
 def test_held_answers_are_known_about_the_person_only() -> None:
-    from workers.engine.training import held_answers
-    from workers.engine.unlearn import ItemScores
+    from workers.engine.baselines import held_answers
 
-    def scores(known: list[bool]) -> ItemScores:
-        n = len(known)
-        return ItemScores(torch.zeros(n), torch.ones(n), torch.tensor(known))
-
-    forget = scores([True, True, False])
+    forget = torch.tensor([True, True, False])
     # two strangers per item: item 0's answer is said about a stranger too (shared)
-    cf = scores([False, True, False, False, True, True])
+    cf = torch.tensor([False, True, False, False, True, True])
     assert held_answers(forget, cf).tolist() == [False, True, False]
 
 

@@ -68,6 +68,17 @@ def _paired(forget: Sequence[Example], holdout: Sequence[Example],
             for ex, idx in zip(forget, near, strict=True) for i in idx]
 
 
+def held_answers(known: torch.Tensor, counterfactual_known: torch.Tensor) -> torch.Tensor:
+    """Per forget item, whether its answer is *held*: ``known`` (the model reproduces it
+    word for word: every answer token the teacher-forced argmax) about this person, but
+    about none of the never-seen people asked the same question with the same answer
+    (``counterfactual_known``: :func:`counterfactuals`' rows, the same number per item, in
+    item order). A shared answer ("tailor", a common city) that the model also gives
+    strangers is not held."""
+    per_item = counterfactual_known.view(len(known), -1)
+    return known & ~per_item.any(-1)
+
+
 def stranger_level(
     model: Any, tokenizer: Any, forget: Sequence[Example], holdout: Sequence[Example],
     k: int, max_length: int = 128,

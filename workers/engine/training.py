@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from workers.engine.baselines import counterfactuals, stranger_level
+from workers.engine.baselines import counterfactuals, held_answers, stranger_level
 from workers.engine.methods import (
     BaseMethodConfig,
     Method,
@@ -270,8 +270,9 @@ class MembershipProbe:
         forget items' mean answer probability and share of answers reproduced at most
         ``cfg.stop_margin`` / ``cfg.stop_accuracy_margin`` above the same answers' asked
         about never-seen people (the verifier's counterfactual bars, on this model); and
-        at most ``cfg.stop_held_share`` of the answers still held (:func:`held_answers`:
-        a mean can hide a few facts the model still gives word for word). The forget
+        at most ``cfg.stop_held_share`` of the answers still held
+        (:func:`~workers.engine.baselines.held_answers`: a mean can hide a few facts the
+        model still gives word for word). The forget
         items are scored once for all of them; the counterfactuals only once the AUC
         is down."""
         forget = self._score(model, self.forget_rows, min_k=True)
@@ -279,7 +280,7 @@ class MembershipProbe:
         if auc > cfg.stop_auc:
             return ProbeReading(auc, None, False)
         cf = self._score(model, self.counterfactual_rows)
-        held = held_answers(forget, cf)
+        held = held_answers(forget.known, cf.known)
         forgotten = (forget.mean_probability <= cf.mean_probability + cfg.stop_margin
                      and float(forget.known.float().mean())
                      <= float(cf.known.float().mean()) + cfg.stop_accuracy_margin
@@ -292,17 +293,6 @@ class MembershipProbe:
         if self.retain_level is None:
             return True
         return self._score(model, self.retain_rows).mean_probability >= ratio * self.retain_level
-
-
-def held_answers(forget: ItemScores, counterfactual: ItemScores) -> torch.Tensor:
-    """Per forget item, whether the model still says its answer about this person
-    (teacher-forced argmax) but about none of the never-seen people asked the same
-    question with the same answer (``counterfactual``: :func:`~workers.engine.baselines.
-    counterfactuals`' rows, the same number per item, in item order): a fact it holds
-    about this person only. A shared answer ("tailor", a common city) that the model
-    also gives strangers is not held."""
-    per_item = counterfactual.known.view(len(forget.known), -1)
-    return forget.known & ~per_item.any(-1)
 
 
 def _calibrate(peft_model: Any, holds: Callable[[], bool]) -> float:

@@ -40,8 +40,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from workers.engine.attacks import RelearnConfig, RelearnResult, relearn_attack, split_by_fact
-from workers.engine.baselines import counterfactuals
+from workers.engine.baselines import counterfactuals, held_answers
 from workers.engine.metrics import (
     MIA_SCORES,
     ItemScore,
@@ -324,8 +326,9 @@ def measure_full(
         named["forget_derived"] = derived_probes(f_items, tokenizer)
         named["holdout_derived"] = _subset(derived_probes(h_items, tokenizer),
                                            pol.max_probe_items)
+    cf = (counterfactuals(f_items, holdout, pol.counterfactual_neighbours)
+          if pol.counterfactual_neighbours else [])
     if pol.counterfactual_neighbours:
-        cf = counterfactuals(f_items, holdout, pol.counterfactual_neighbours)
         named["forget" + COUNTERFACTUAL] = _subset(cf, pol.max_probe_items)
         if pol.check_paraphrases:
             named["forget_paraphrased" + COUNTERFACTUAL] = _subset(paraphrased(cf),
@@ -346,8 +349,8 @@ def measure_full(
             sets[name].update(_truth_ratio(model, tokenizer, items, name, pol))
         sets[name]["utility"] = utility(sets[name]) if items else float("nan")
     if pol.counterfactual_neighbours and not parent and f_items:
-        sets["forget"]["held"] = held_share(model, tokenizer, f_items, per_item["forget"],
-                                            holdout, pol)
+        sets["forget"]["held"] = (held_share(model, tokenizer, per_item["forget"], cf, pol)
+                                  if cf else 0.0)
     _, evaluate = split_by_fact(list(attacked) if attacked is not None else f_items)
     ev = [s for s, ex in zip(per_item["forget"], f_items, strict=True) if ex in evaluate]
     relearn_eval = [
@@ -363,22 +366,19 @@ def measure_full(
     })
 
 
-def held_share(model: Any, tokenizer: Any, forget: Sequence[Example],
-               scores: Sequence[ItemScore], holdout: Sequence[Example],
-               pol: VerifierPolicy) -> float:
-    """Share of ``forget`` (scored as ``scores``) whose answer ``model`` reproduces word
-    for word (exact memorisation 1) while it reproduces it for none of the item's
-    ``pol.counterfactual_neighbours`` never-seen people asked the same question (every
-    neighbour scored, uncapped: the rule is per item)."""
-    cf = counterfactuals(forget, holdout, pol.counterfactual_neighbours)
-    if not cf:
-        return 0.0
-    k = len(cf) // len(forget)
-    cf_scores = score_examples(model, tokenizer, cf, pol.batch_size, pol.max_length)
-    held = sum(1 for i, s in enumerate(scores)
-               if s.exact_memorisation >= 1.0
-               and all(c.exact_memorisation < 1.0 for c in cf_scores[i * k:(i + 1) * k]))
-    return held / len(forget)
+def held_share(model: Any, tokenizer: Any, scores: Sequence[ItemScore],
+               counterfactual: Sequence[Example], pol: VerifierPolicy) -> float:
+    """Share of the forget items (scored as ``scores``) whose answer is held
+    (:func:`~workers.engine.baselines.held_answers`; exact memorisation 1 = reproduced
+    word for word), against ``counterfactual``, every one of the items' counterfactual
+    rows, scored here uncapped: the rule is per item."""
+    cf_scores = score_examples(model, tokenizer, counterfactual, pol.batch_size,
+                               pol.max_length)
+
+    def known(items: Sequence[ItemScore]) -> torch.Tensor:
+        return torch.tensor([s.exact_memorisation >= 1.0 for s in items])
+
+    return float(held_answers(known(scores), known(cf_scores)).float().mean())
 
 
 def _truth_ratio(model: Any, tokenizer: Any, items: Sequence[Example], name: str,
