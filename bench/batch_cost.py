@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
     args = parser.parse_args(argv)
     data = load_demo_data(args.model_dir)
-    holdout = data.examples(data.holdout)
+    holdout, _ = data.holdout_sets()  # the never-seen people the worker trains against
     people = sorted(data.people)
     config = parse_method_config({"method": "npo", **json.loads(args.set)})
     out = []

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
     args = parser.parse_args(argv)
     data = load_demo_data(args.model_dir)
-    holdout = data.examples(data.holdout)
+    holdout_stop, holdout = data.holdout_sets()  # as the worker splits them
     people = sorted(data.people)[: args.people]
     policy = VerifierPolicy()
     config = parse_method_config(json.loads(args.set))
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         result = run_unlearning(model, tok, forget, retain, config,
                                 Path("/tmp") / f"lethe-bench-adapter-{len(runs)}",
-                                holdout=holdout)
+                                holdout=holdout_stop)
         t_unlearn = time.perf_counter() - t0
         t0 = time.perf_counter()
         after = measure_full(result.model, tok, forget, check, holdout, None, policy)

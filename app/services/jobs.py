@@ -227,13 +227,17 @@ class JobSets:
     the items of earlier erasures the corpus still holds, verified but not trained on:
     the parent already has them at a stranger's level, and pushing them further would
     make those people stand out the other way. ``retain`` trains the retain term;
-    ``retain_check`` is kept out of training for verification (``qa.split_retain``)."""
+    ``retain_check`` is kept out of training for verification (``qa.split_retain``).
+    Likewise the never-seen people: ``holdout_stop`` is what training's stopping rule
+    aims at, ``holdout`` the disjoint people verification measures against
+    (``qa.split_holdout``)."""
 
     forget: list[Any]
     retain: list[Any]
     holdout: list[Any]
     retain_check: list[Any]
     replay: list[Any]
+    holdout_stop: list[Any]
 
     @property
     def verify_forget(self) -> list[Any]:
@@ -243,14 +247,20 @@ class JobSets:
 
 
 def _examples(inputs: JobInputs) -> JobSets:
-    """Forget, retain (training and check parts) and holdout examples. Retain = the
+    """Forget, retain and holdout examples (training and check parts). Retain = the
     model's retain corpus less everything erased from the model so far, this batch
     included: the same item (by digest, or the same question or text) or the same data
     subject (by keyed hash).
 
     Items erased by earlier jobs that the corpus still holds are replayed into
     verification: unlearning a new subject must not bring an earlier one back."""
-    from workers.engine.qa import PromptTemplate, examples_from_rows, load_jsonl, split_retain
+    from workers.engine.qa import (
+        PromptTemplate,
+        examples_from_rows,
+        load_jsonl,
+        split_holdout,
+        split_retain,
+    )
 
     template = PromptTemplate(inputs.model.prompt_template)
     forget = examples_from_rows(inputs.forget_rows, template)
@@ -279,12 +289,14 @@ def _examples(inputs: JobInputs) -> JobSets:
         if not still_kept(r) and r.get("question") is not None and r["question"] not in erased
     ]
     train, check = split_retain(retain_rows)
+    holdout_stop, holdout_check = split_holdout(load_jsonl(inputs.model.holdout_path))
     return JobSets(
         forget=forget,
         retain=examples_from_rows(train, template),
-        holdout=examples_from_rows(load_jsonl(inputs.model.holdout_path), template),
+        holdout=examples_from_rows(holdout_check, template),
         retain_check=examples_from_rows(check, template),
         replay=examples_from_rows(replay, template),
+        holdout_stop=examples_from_rows(holdout_stop, template),
     )
 
 
@@ -439,7 +451,7 @@ def run_unlearn(job_id: str) -> None:
                 config,
                 out_dir,
                 on_progress,
-                holdout=sets.holdout,
+                holdout=sets.holdout_stop,
             )
         except Cancelled:
             if claim.lost.is_set():

@@ -185,3 +185,20 @@ def test_split_retain_is_stable_and_keeps_about_one_in_five() -> None:
         r["question"] for r in check}
     assert 60 < len(check) < 140  # one in five, by hash
     assert split_retain(list(reversed(rows)))[1] == list(reversed(check))  # row-wise, stable
+
+
+def test_split_holdout_splits_by_person_stably_with_at_least_half_checked() -> None:
+    from workers.engine.qa import split_holdout
+
+    rows = [{"subject": f"P{p}", "question": f"q{p}-{i}?", "answer": "a"}
+            for p in range(9) for i in range(3)]
+    stop, check = split_holdout(rows)
+    people = {r["subject"] for r in stop}, {r["subject"] for r in check}
+    assert not people[0] & people[1] and len(people[1]) == 5 and len(people[0]) == 4
+    assert len(stop) + len(check) == len(rows)
+    assert [r["question"] for r in check] == [r["question"] for r in rows if r in check]
+    assert split_holdout(list(reversed(rows)))[1] == list(reversed(check))  # stable
+    # rows without a subject are each their own person; one person: nothing to stop on
+    loose = [{"question": f"q{i}?", "answer": "a"} for i in range(10)]
+    assert [len(part) for part in split_holdout(loose)] == [5, 5]
+    assert split_holdout(rows[:3]) == ([], rows[:3])

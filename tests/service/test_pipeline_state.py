@@ -247,3 +247,37 @@ def test_partial_batches_wait_up_to_the_maximum_wait(make_model, monkeypatch):
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
+
+
+def test_training_and_verification_use_disjoint_never_seen_people(model, monkeypatch):
+    """The stopping rule aims at one half of the holdout people; the certificate's
+    never-seen baseline is the other half, so verification does not read the rule's own
+    target back."""
+    import workers.engine.training as training
+    import workers.engine.verifier as verifier
+    from workers.engine.qa import load_jsonl
+
+    seen: dict[str, list[set[str]]] = {"train": [], "verify": []}
+    real_unlearning, real_measure = training.run_unlearning, verifier.measure_full
+
+    def unlearning(*args, holdout=None, **kwargs):
+        seen["train"].append({ex.question for ex in holdout})
+        return real_unlearning(*args, holdout=holdout, **kwargs)
+
+    def measure(model_, tok, forget, retain, holdout, *args, **kwargs):
+        seen["verify"].append({ex.question for ex in holdout})
+        return real_measure(model_, tok, forget, retain, holdout, *args, **kwargs)
+
+    monkeypatch.setattr(training, "run_unlearning", unlearning)
+    monkeypatch.setattr(verifier, "measure_full", measure)
+    job_id, _ = _job_in(model, JobStatus.queued, config={"max_steps": 2})
+    jobs.run_unlearn(job_id)
+    jobs.run_verify(job_id)
+
+    rows = load_jsonl(model.holdout_path)
+    subject_of = {r["question"]: r["subject"] for r in rows}
+    assert len(seen["train"]) == 1 and len(seen["verify"]) == 2  # parent and candidate
+    trained, verified = seen["train"][0], seen["verify"][0]
+    assert seen["verify"][1] == verified
+    assert trained and verified and trained | verified == set(subject_of)
+    assert not {subject_of[q] for q in trained} & {subject_of[q] for q in verified}

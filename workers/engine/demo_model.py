@@ -40,6 +40,7 @@ from workers.engine.qa import (
     examples_from_rows,
     greedy_generate,
     load_jsonl,
+    split_holdout,
     split_retain,
     write_jsonl,
 )
@@ -420,6 +421,13 @@ class DemoData:
         retain, check = split_retain(others)
         return (self.examples([r for r in self.train if r["subject"] in erased]),
                 self.examples(retain), self.examples(check))
+
+    def holdout_sets(self) -> tuple[list[Example], list[Example]]:
+        """``(stop, check)``: the never-seen people split as the worker splits them
+        (:func:`qa.split_holdout`: the people training's stopping rule aims at, and the
+        disjoint ones verification measures against)."""
+        stop, check = split_holdout(self.holdout)
+        return self.examples(stop), self.examples(check)
 
 
 def load_demo_data(model_dir: str | Path) -> DemoData:

@@ -362,3 +362,29 @@ def split_retain(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]],
         held = hashlib.sha256(key.encode()).digest()[0] % RETAIN_CHECK_EVERY == 0
         (check if held else train).append(row)
     return train, check
+
+
+def split_holdout(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]],
+                                                           list[dict[str, Any]]]:
+    """``(stop, check)``: the never-seen people's rows that unlearning may aim at (early
+    stopping's membership rule, each item's stranger level, the adapter's calibration),
+    and the others, which only verification sees.
+
+    Training stops at the point where a membership attack cannot tell the forgotten
+    people from the never-seen ones it is shown; measured against those same people,
+    the certificate's privacy and counterfactual bars would report the stopping rule's
+    own target back. Verified against people the training never looked at, they are
+    evidence. The split is by person (``subject``; a row without one is its own person,
+    keyed by its question or text): people are ordered by a stable hash of their key and
+    dealt alternately, the check part first, so it holds at least half of them and the
+    same people every run. With a single person the stop part is empty and training
+    falls back to its likelihood rule."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        key = str(row.get("subject") or row.get("question") or row.get("text") or "")
+        groups.setdefault(key, []).append(row)
+    order = sorted(groups, key=lambda k: hashlib.sha256(k.encode()).hexdigest())
+    check_people = set(order[0::2])
+    stop = [r for k, g in groups.items() if k not in check_people for r in g]
+    check = [r for k, g in groups.items() if k in check_people for r in g]
+    return stop, check
