@@ -105,9 +105,12 @@ def test_result_describes_the_run(unlearned: dict[str, Any], sets: dict[str, Any
     assert result.stop_target is None
     model, tok = unlearned["model"], unlearned["tok"]
     trained = forget_items(sets["forget"], True)
+    originals = {(ex.prompt, ex.target) for ex in sets["forget"]}
     probe = MembershipProbe(model, tok, trained,
                             [tokenize(tok, ex, cfg.max_length) for ex in trained],
-                            sets["holdout"], sets["retain"], cfg.max_length)
+                            sets["holdout"], sets["retain"], cfg.max_length,
+                            paraphrase=[(ex.prompt, ex.target) not in originals
+                                        for ex in trained])
     reading = probe.read(result.model, cfg)
     assert reading.forgotten and reading.auc <= cfg.stop_auc
     # no answer still given word for word about this person only
@@ -130,6 +133,57 @@ def test_result_describes_the_run(unlearned: dict[str, Any], sets: dict[str, Any
     assert [c[0] for c in calls] == list(range(1, result.steps + 1))
     assert {c[1] for c in calls} == {cfg.epochs * per_epoch}  # the cap, known up front
     assert not result.model.training
+
+
+def test_membership_rule_holds_the_items_and_their_paraphrases_to_the_bars_apart(
+        demo_model_dir: Path, sets: dict[str, Any]) -> None:
+    """Forgotten originals must not average away paraphrases that still give the answer,
+    and a paraphrase is compared with strangers asked in paraphrase (as the verifier
+    does). Scores are set by hand; the probe's rows are the real ones."""
+    from workers.engine.unlearn import ItemScores
+
+    _, tok = load_version(demo_model_dir)
+    forget = sets["forget"][:2]
+    items = forget_items(forget, True)
+    paraphrase = [ex.prompt not in {f.prompt for f in forget} for ex in items]
+    n, n_para = len(items), sum(paraphrase)
+    assert 0 < n_para < n
+    rows = [tokenize(tok, ex, 128) for ex in items]
+    cfg = NPOMethodConfig()
+
+    def probe_with(flags: list[bool] | None, para_prob: float) -> MembershipProbe:
+        probe = MembershipProbe(load_version(demo_model_dir)[0], tok, items, rows,
+                                sets["holdout"], [], 128, paraphrase=flags)
+
+        def scores(probs: list[float], min_k: float | None) -> ItemScores:
+            p = torch.tensor(probs)
+            return ItemScores(p.log(), torch.ones(len(probs)), torch.zeros(len(probs),
+                                                                           dtype=torch.bool),
+                              None if min_k is None else torch.full((len(probs),), min_k))
+
+        def score(model: Any, rows_: Any, min_k: bool = False) -> ItemScores:
+            if rows_ is probe.forget_rows:  # originals forgotten, paraphrases not
+                return scores([para_prob if f else 0.01 for f in paraphrase], -9.0)
+            if rows_ is probe.holdout_rows:
+                return scores([0.1] * len(rows_), -1.0)
+            if rows_ is probe.counterfactual_rows:  # strangers, asked as trained
+                return scores([0.3] * len(rows_), None)
+            assert rows_ is probe.paraphrase_counterfactual_rows
+            assert len(rows_) == 4 * n_para  # four strangers per paraphrase
+            return scores([0.05] * len(rows_), None)
+
+        probe._score = score  # type: ignore[method-assign]
+        return probe
+
+    # one mean over both: (the originals' 0.01 and the paraphrases' 0.3) is within the
+    # strangers' 0.3 + margin, though every paraphrase still gives the answer at 0.3
+    assert probe_with(None, 0.3).read(None, cfg).forgotten
+    # apart: the paraphrases are six times the strangers' paraphrased level
+    reading = probe_with(paraphrase, 0.3).read(None, cfg)
+    assert reading.auc == 0.0 and not reading.forgotten
+    # at the strangers' paraphrased level they pass
+    assert probe_with(paraphrase, 0.05 + cfg.stop_margin / 2).read(None, cfg).forgotten
+    assert probe_with(paraphrase, 0.05 + cfg.stop_margin * 2).read(None, cfg).forgotten is False
 
 
 def test_likelihood_rule_stops_every_item_at_its_stranger_level(

@@ -239,12 +239,25 @@ class MembershipProbe:
 
     def __init__(self, model: Any, tokenizer: Any, forget: Sequence[Example],
                  forget_rows: Sequence[TokenRow], holdout: Sequence[Example],
-                 retain: Sequence[Example], max_length: int) -> None:
+                 retain: Sequence[Example], max_length: int,
+                 paraphrase: Sequence[bool] | None = None) -> None:
         self.tokenizer, self.max_length = tokenizer, max_length
         self.forget_rows = list(forget_rows)
         self.holdout_rows = [tokenize(tokenizer, ex, max_length) for ex in holdout]
-        self.counterfactual_rows = [tokenize(tokenizer, ex, max_length) for ex in
-                                    counterfactuals(forget, holdout, STOP_NEIGHBOURS)]
+        cf = counterfactuals(forget, holdout, STOP_NEIGHBOURS)
+        self.counterfactual_rows = [tokenize(tokenizer, ex, max_length) for ex in cf]
+        # the erased items and their paraphrases are each held to the bars on their own,
+        # as the verifier holds them (a mean over both can hide one), and a paraphrase's
+        # baseline is the strangers' paraphrased questions with the same answer
+        para = [i for i, p in enumerate(paraphrase or []) if p]
+        self.groups = [g for g in ([i for i in range(len(forget)) if i not in set(para)],
+                                   para) if g]
+        self.paraphrase_items = para
+        self.paraphrase_counterfactual_rows = [
+            tokenize(tokenizer, dataclasses.replace(
+                ex, prompt=ex.paraphrased_prompts[i % len(ex.paraphrased_prompts)],
+                paraphrased_prompts=()) if ex.paraphrased_prompts else ex, max_length)
+            for i in para for ex in cf[i * STOP_NEIGHBOURS:(i + 1) * STOP_NEIGHBOURS]]
         step = max(1, math.ceil(len(retain) / RETAIN_PROBE_ITEMS))
         self.retain_rows = [tokenize(tokenizer, ex, max_length) for ex in retain[::step]]
         self.retain_level = (self._score(model, self.retain_rows).mean_probability
@@ -269,7 +282,8 @@ class MembershipProbe:
         """The rule's forgetting test: membership AUC at most ``cfg.stop_auc``; the
         forget items' mean answer probability and share of answers reproduced at most
         ``cfg.stop_margin`` / ``cfg.stop_accuracy_margin`` above the same answers' asked
-        about never-seen people (the verifier's counterfactual bars, on this model); and
+        about never-seen people (the verifier's counterfactual bars, on this model; the
+        erased items and their paraphrases each on their own); and
         at most ``cfg.stop_held_share`` of the answers still held
         (:func:`~workers.engine.baselines.held_answers`: a mean can hide a few facts the
         model still gives word for word). The forget
@@ -281,10 +295,19 @@ class MembershipProbe:
             return ProbeReading(auc, None, False)
         cf = self._score(model, self.counterfactual_rows)
         held = held_answers(forget.known, cf.known)
-        forgotten = (forget.mean_probability <= cf.mean_probability + cfg.stop_margin
-                     and float(forget.known.float().mean())
-                     <= float(cf.known.float().mean()) + cfg.stop_accuracy_margin
-                     and float(held.float().mean()) <= cfg.stop_held_share)
+        n = len(self.forget_rows)
+        prob, known = forget.item_probability, forget.known.float()
+        cf_prob = cf.item_probability.view(n, -1).mean(-1)
+        cf_known = cf.known.float().view(n, -1).mean(-1)
+        if self.paraphrase_items:
+            pcf = self._score(model, self.paraphrase_counterfactual_rows)
+            n_para = len(self.paraphrase_items)
+            cf_prob[self.paraphrase_items] = pcf.item_probability.view(n_para, -1).mean(-1)
+            cf_known[self.paraphrase_items] = pcf.known.float().view(n_para, -1).mean(-1)
+        forgotten = float(held.float().mean()) <= cfg.stop_held_share and all(
+            float(prob[g].mean()) <= float(cf_prob[g].mean()) + cfg.stop_margin
+            and float(known[g].mean()) <= float(cf_known[g].mean()) + cfg.stop_accuracy_margin
+            for g in self.groups)
         return ProbeReading(auc, held, forgotten)
 
     def retain_kept(self, model: Any, ratio: float) -> bool:
@@ -371,8 +394,11 @@ def run_unlearning(
     cache = _reference_cache(method, model, item_rows, alt_rows, pad, device)
     probe = None
     if cfg.early_stop and cfg.stop_rule == "membership" and holdout:
+        originals = {(ex.prompt, ex.target) for ex in forget}
+        is_original = [(ex.prompt, ex.target) in originals for ex in items]
         probe = MembershipProbe(model, tokenizer, items, item_rows, holdout,
-                                retain_list, cfg.max_length)
+                                retain_list, cfg.max_length,
+                                paraphrase=[not o for o in is_original])
     targets = None if probe is not None else stop_targets(cfg, model, tokenizer, items,
                                                           holdout)
 

@@ -71,7 +71,14 @@ class BaseMethodConfig(BaseModel):
     verifier's counterfactual bars hold on this model: the items' mean answer
     probability at most ``stop_margin`` above the same answers' asked about never-seen
     people, and the share of answers the model reproduces (teacher-forced argmax) at
-    most ``stop_accuracy_margin`` above theirs. An answer's lowest tokens are
+    most ``stop_accuracy_margin`` above theirs — the erased items and their paraphrases
+    each on their own, a paraphrase against strangers asked in paraphrase, as the
+    verifier checks them (a mean over both hid paraphrases still answered). The margins
+    are half the verifier's: the people this rule sees are not the ones the verifier
+    measures against (``qa.split_holdout``), and a candidate calibrated to the very edge
+    of one sample of strangers' bars failed on the other sample in four of six people
+    of the small demo model (two of six at the full margins, five of six at half;
+    docs/benchmarks.md). An answer's lowest tokens are
     its facts; the per-item likelihood target also counts the wording the answer shares
     with everyone's answers, which a model that never saw the person still predicts
     well, so holding every item to it pushes the facts far below a stranger's (on TOFU,
@@ -134,8 +141,8 @@ class BaseMethodConfig(BaseModel):
     stop_ratio: float = Field(1.0, gt=0.0, le=1.0)
     stop_rule: Literal["likelihood", "membership"] = "likelihood"
     stop_auc: float = Field(0.5, gt=0.0, lt=1.0)
-    stop_margin: float = Field(0.05, ge=0.0, lt=1.0)
-    stop_accuracy_margin: float = Field(0.10, ge=0.0, lt=1.0)
+    stop_margin: float = Field(0.025, ge=0.0, lt=1.0)
+    stop_accuracy_margin: float = Field(0.05, ge=0.0, lt=1.0)
     stop_held_share: float = Field(0.0, ge=0.0, le=1.0)
     repair_ratio: float = Field(0.98, ge=0.0, le=1.0)
     context_noise: float = Field(0.0, ge=0.0, lt=1.0)
