@@ -140,14 +140,15 @@ def test_membership_rule_holds_the_items_and_their_paraphrases_to_the_bars_apart
     """Forgotten originals must not average away paraphrases that still give the answer,
     and a paraphrase is compared with strangers asked in paraphrase (as the verifier
     does). Scores are set by hand; the probe's rows are the real ones."""
+    from workers.engine.baselines import counterfactuals
+    from workers.engine.qa import paraphrased
     from workers.engine.unlearn import ItemScores
 
     _, tok = load_version(demo_model_dir)
     forget = sets["forget"][:2]
     items = forget_items(forget, True)
     paraphrase = [ex.prompt not in {f.prompt for f in forget} for ex in items]
-    n, n_para = len(items), sum(paraphrase)
-    assert 0 < n_para < n
+    assert 0 < sum(paraphrase) < len(items)
     rows = [tokenize(tok, ex, 128) for ex in items]
     cfg = NPOMethodConfig()
 
@@ -168,8 +169,9 @@ def test_membership_rule_holds_the_items_and_their_paraphrases_to_the_bars_apart
                 return scores([0.1] * len(rows_), -1.0)
             if rows_ is probe.counterfactual_rows:  # strangers, asked as trained
                 return scores([0.3] * len(rows_), None)
+            # the verifier's baseline: the strangers' paraphrased questions, pooled
             assert rows_ is probe.paraphrase_counterfactual_rows
-            assert len(rows_) == 4 * n_para  # four strangers per paraphrase
+            assert len(rows_) == len(paraphrased(counterfactuals(forget, sets["holdout"], 4)))
             return scores([0.05] * len(rows_), None)
 
         probe._score = score  # type: ignore[method-assign]

@@ -37,7 +37,15 @@ from workers.engine.methods import (
 )
 from workers.engine.methods.builtin import retain_nll
 from workers.engine.metrics import roc_auc
-from workers.engine.qa import Example, TokenRow, collate, pad_id, to_device, tokenize
+from workers.engine.qa import (
+    Example,
+    TokenRow,
+    collate,
+    pad_id,
+    paraphrased,
+    to_device,
+    tokenize,
+)
 from workers.engine.unlearn import (
     ADAPTER_WEIGHTS,
     Cancelled,
@@ -247,17 +255,18 @@ class MembershipProbe:
         cf = counterfactuals(forget, holdout, STOP_NEIGHBOURS)
         self.counterfactual_rows = [tokenize(tokenizer, ex, max_length) for ex in cf]
         # the erased items and their paraphrases are each held to the bars on their own,
-        # as the verifier holds them (a mean over both can hide one), and a paraphrase's
-        # baseline is the strangers' paraphrased questions with the same answer
+        # as the verifier holds them (a mean over both can hide one); the paraphrases'
+        # baseline is the verifier's: every paraphrased question of the originals'
+        # never-seen neighbours, with the same answers, pooled
         para = [i for i, p in enumerate(paraphrase or []) if p]
-        self.groups = [g for g in ([i for i in range(len(forget)) if i not in set(para)],
-                                   para) if g]
+        originals = [i for i in range(len(forget)) if i not in set(para)]
+        self.groups = [g for g in (originals, para) if g]
         self.paraphrase_items = para
-        self.paraphrase_counterfactual_rows = [
-            tokenize(tokenizer, dataclasses.replace(
-                ex, prompt=ex.paraphrased_prompts[i % len(ex.paraphrased_prompts)],
-                paraphrased_prompts=()) if ex.paraphrased_prompts else ex, max_length)
-            for i in para for ex in cf[i * STOP_NEIGHBOURS:(i + 1) * STOP_NEIGHBOURS]]
+        self.paraphrase_counterfactual_rows = (
+            [tokenize(tokenizer, ex, max_length) for ex in paraphrased(
+                [c for i in originals
+                 for c in cf[i * STOP_NEIGHBOURS:(i + 1) * STOP_NEIGHBOURS]])]
+            if para else [])
         step = max(1, math.ceil(len(retain) / RETAIN_PROBE_ITEMS))
         self.retain_rows = [tokenize(tokenizer, ex, max_length) for ex in retain[::step]]
         self.retain_level = (self._score(model, self.retain_rows).mean_probability
@@ -299,11 +308,10 @@ class MembershipProbe:
         prob, known = forget.item_probability, forget.known.float()
         cf_prob = cf.item_probability.view(n, -1).mean(-1)
         cf_known = cf.known.float().view(n, -1).mean(-1)
-        if self.paraphrase_items:
+        if self.paraphrase_items and self.paraphrase_counterfactual_rows:
             pcf = self._score(model, self.paraphrase_counterfactual_rows)
-            n_para = len(self.paraphrase_items)
-            cf_prob[self.paraphrase_items] = pcf.item_probability.view(n_para, -1).mean(-1)
-            cf_known[self.paraphrase_items] = pcf.known.float().view(n_para, -1).mean(-1)
+            cf_prob[self.paraphrase_items] = pcf.mean_probability
+            cf_known[self.paraphrase_items] = float(pcf.known.float().mean())
         forgotten = float(held.float().mean()) <= cfg.stop_held_share and all(
             float(prob[g].mean()) <= float(cf_prob[g].mean()) + cfg.stop_margin
             and float(known[g].mean()) <= float(cf_known[g].mean()) + cfg.stop_accuracy_margin
