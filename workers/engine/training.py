@@ -258,8 +258,9 @@ class MembershipProbe:
         # as the verifier holds them (a mean over both can hide one); the paraphrases'
         # baseline is the verifier's: every paraphrased question of the originals'
         # never-seen neighbours, with the same answers, pooled
-        para = [i for i, p in enumerate(paraphrase or []) if p]
-        originals = [i for i in range(len(forget)) if i not in set(para)]
+        flags = list(paraphrase or [False] * len(forget))
+        para = [i for i, p in enumerate(flags) if p]
+        originals = [i for i, p in enumerate(flags) if not p]
         self.groups = [g for g in (originals, para) if g]
         self.paraphrase_items = para
         self.paraphrase_counterfactual_rows = (
@@ -403,10 +404,10 @@ def run_unlearning(
     probe = None
     if cfg.early_stop and cfg.stop_rule == "membership" and holdout:
         originals = {(ex.prompt, ex.target) for ex in forget}
-        is_original = [(ex.prompt, ex.target) in originals for ex in items]
         probe = MembershipProbe(model, tokenizer, items, item_rows, holdout,
                                 retain_list, cfg.max_length,
-                                paraphrase=[not o for o in is_original])
+                                paraphrase=[(ex.prompt, ex.target) not in originals
+                                            for ex in items])
     targets = None if probe is not None else stop_targets(cfg, model, tokenizer, items,
                                                           holdout)
 
