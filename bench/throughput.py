@@ -4,10 +4,11 @@ shared loop, on random weights: the demo model sizes, and a Llama-shaped 1.1 B m
 vocabulary 32000, untied) for accelerators.
 
 Every step runs a forget batch and a retain batch of ``--batch-size`` rows each, all rows
-``--seq-len`` tokens long (no padding), through :func:`run_unlearning` exactly as a worker
-does: the reference log-likelihoods of the forget items are computed once before
-training (NPO needs them; they never change), so a step is the trained model's forward
-and backward pass and nothing else.
+``--seq-len`` tokens long (no padding; the forget loss leaves out each forget row's final
+EOS, so those rows reach the model one token shorter), through :func:`run_unlearning`
+exactly as a worker does: the reference log-likelihoods of the forget items are computed
+once before training (NPO needs them; they never change), so a step is the trained model's
+forward and backward pass and nothing else.
 
 Reports per size and batch size: steady-state seconds/step (median after a quarter of the
 steps as warm-up), tokens/s (tokens the step's forward passes saw, counted on the model,

@@ -26,12 +26,13 @@ def _load(name: str):  # noqa: ANN202 - a module
 def test_throughput_counts_the_tokens_the_model_saw(capsys: pytest.CaptureFixture[str]) -> None:
     throughput = _load("throughput")
     # rows of exactly 24 tokens (prompts are cut from the left to fit), 3 forget + 3
-    # retain rows per step: 144 tokens reach the model each step, counted by its hook
+    # retain rows per step; the forget loss leaves out each forget row's EOS, so 3 × 23 +
+    # 3 × 24 = 141 tokens reach the model each step, counted by its hook
     assert throughput.main(["--sizes", "tiny", "--steps", "5", "--batch-sizes", "3,2",
                             "--seq-len", "24", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert [r["batch_size"] for r in rows] == [3, 2]
-    assert [r["tokens_per_step"] for r in rows] == [144, 96]
+    assert [r["tokens_per_step"] for r in rows] == [141, 94]
     for r in rows:
         assert r["tokens_per_second"] == pytest.approx(r["tokens_per_step"]
                                                        / r["seconds_per_step"])

@@ -318,3 +318,35 @@ def test_forget_batch_grows_with_the_batch_of_people() -> None:
     assert forget_batch_size(cfg, 200) == 50  # ten: a pass still takes four steps
     assert forget_batch_size(cfg, 1000) == 64  # fifty: bounded by max_batch_size
     assert forget_batch_size(NPOMethodConfig(forget_steps_per_pass=None), 1000) == 8
+
+
+def test_forget_loss_acts_on_the_answer_not_the_end_of_sequence(
+        demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pushing down the EOS after an answer lowers its score while the answer stays the
+    argmax (the model says it and runs on); the forget loss sees the answer tokens only."""
+    from workers.engine.methods.builtin import NPO
+    from workers.engine.training import without_eos
+
+    model, tok = load_version(demo_model_dir)
+    eos = tok.eos_token_id
+    assert without_eos(([1, 2], [7, 8, eos]), eos) == ([1, 2], [7, 8])
+    assert without_eos(([1, 2], [eos]), eos) == ([1, 2], [eos])  # an empty answer: kept
+    assert without_eos(([1, 2], [7, 8]), eos) == ([1, 2], [7, 8])
+    seen: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
+    original = NPO.loss
+
+    def spy(self: NPO, inputs: Any) -> torch.Tensor:
+        seen.append((inputs.forget["labels"].clone(),
+                     [inputs.ref.forget_token_logp[i] for i in inputs.forget_index]))
+        return original(self, inputs)
+
+    monkeypatch.setattr(NPO, "loss", spy)
+    run_unlearning(model, tok, sets["forget"], sets["retain"], NPOMethodConfig(max_steps=2),
+                   tmp_path)
+    assert len(seen) == 2
+    for labels, refs in seen:
+        answers = [row[row != -100] for row in labels]
+        assert all(len(a) > 0 and int(a[-1]) != eos for a in answers)
+        # the reference's per-token log-probabilities cover the same tokens
+        assert [len(r) for r in refs] == [len(a) for a in answers]

@@ -126,6 +126,15 @@ def _forget_reference(
     return logp, logits, tokens
 
 
+def without_eos(row: TokenRow, eos: int | None) -> TokenRow:
+    """``row`` without the end-of-sequence token that ends its target (kept when the
+    target is nothing else)."""
+    prompt, target = row
+    if eos is not None and len(target) > 1 and target[-1] == eos:
+        return prompt, target[:-1]
+    return row
+
+
 @torch.no_grad()
 def _reference_cache(
     method: Method, model: Any, rows: Sequence[TokenRow], alt_rows: Sequence[TokenRow] | None,
@@ -400,7 +409,11 @@ def run_unlearning(
     item_rows = [tokenize(tokenizer, ex, cfg.max_length) for ex in items]
     alt_rows = ([tokenize(tokenizer, ex, cfg.max_length) for ex in alts]
                 if alts is not None else None)
-    cache = _reference_cache(method, model, item_rows, alt_rows, pad, device)
+    # the forget loss acts on the answer's own tokens: pushing down the end-of-sequence
+    # token after it lowers the score as much while the answer stays the argmax (the
+    # model then says it and runs on); scoring keeps the EOS, as the verifier does
+    loss_rows = [without_eos(row, tokenizer.eos_token_id) for row in item_rows]
+    cache = _reference_cache(method, model, loss_rows, alt_rows, pad, device)
     probe = None
     if cfg.early_stop and cfg.stop_rule == "membership" and holdout:
         originals = {(ex.prompt, ex.target) for ex in forget}
@@ -464,7 +477,7 @@ def run_unlearning(
         while step < total:
             step += 1
             idx = [pool[next(forget_order)] for _ in range(min(forget_bs, len(pool)))]
-            fbatch = to_device(collate([item_rows[i] for i in idx], pad), device)
+            fbatch = to_device(collate([loss_rows[i] for i in idx], pad), device)
             ref = cache
             if vocabulary is not None:
                 fbatch = noise_context(fbatch, cfg.context_noise, vocabulary, gen)
