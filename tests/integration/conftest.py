@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +43,13 @@ def broker_env(lethe_env) -> Iterator[dict[str, str]]:
     reset_caches()
 
 
+# where util-linux's setpriv is at hand, a worker gets SIGKILL when the test process dies:
+# a test run stopped by a timeout or ^C then leaves no worker behind to take the next
+# run's tasks off the shared queue
+_DIE_WITH_PARENT = (["setpriv", "--pdeathsig", "KILL", "--"]
+                    if shutil.which("setpriv") else [])
+
+
 class WorkerProcess:
     """A `lethe worker` in its own process group, so SIGKILL takes all of it at once."""
 
@@ -49,7 +57,7 @@ class WorkerProcess:
         self.log = log
         self._fh = open(log, "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"],
+            [*_DIE_WITH_PARENT, sys.executable, "-m", "app.cli", "worker"],
             env={**os.environ, **env},
             stdout=self._fh,
             stderr=subprocess.STDOUT,
