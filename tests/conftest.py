@@ -83,7 +83,11 @@ def lethe_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         "LETHE_ADMIN_KEY": ADMIN_KEY,
         "LETHE_SECRET_KEY": SECRET_KEY,
         "LETHE_BROKER_URL": "embedded",
-        "LETHE_JOB_LEASE_S": "4",
+        # short, so a killed worker's job is taken over within seconds, but well above
+        # the ~4.5 s measured in the integration tests' workers between a stage's claim
+        # and its first heartbeat (a 4 s lease let the maintenance loop take live claims
+        # away, and the stage ran again)
+        "LETHE_JOB_LEASE_S": "10",
         "LETHE_MAINTENANCE_INTERVAL_S": "1",
     }
     saved = {k: os.environ.get(k) for k in env}
