@@ -396,13 +396,15 @@ def stage(name: str) -> Callable[[Callable[[str], None]], Callable[[str], None]]
 @stage("unlearn")
 def run_unlearn(job_id: str) -> None:
     """Stage 1: train the LoRA adapter that forgets the batch; then enqueue verify."""
-    claim = _claim(job_id, (JobStatus.queued, JobStatus.unlearning), JobStatus.unlearning)
-    if claim is None:
-        return
+    # imported before claiming: a fresh worker's first import of the engine (torch,
+    # transformers) takes seconds, and a claim is only kept alive once its heartbeat runs
     from workers.engine.methods import parse_method_config
     from workers.engine.training import run_unlearning
     from workers.engine.unlearn import Cancelled
 
+    claim = _claim(job_id, (JobStatus.queued, JobStatus.unlearning), JobStatus.unlearning)
+    if claim is None:
+        return
     settings = get_settings()
     with claim:
         try:
@@ -523,10 +525,7 @@ def run_verify(job_id: str) -> None:
     publish; fail with escalations left → record the attempt and unlearn again with
     stronger or gentler settings; fail otherwise → sign a failed certificate and fail
     the job with every attempt's evidence."""
-    claim = _claim(job_id, (JobStatus.verifying,), JobStatus.verifying)
-    if claim is None:
-        return
-    from workers.engine import certificates
+    from workers.engine import certificates  # before claiming, as in run_unlearn
     from workers.engine.unlearn import ADAPTER_WEIGHTS
     from workers.engine.verifier import (
         VerifierPolicy,
@@ -537,6 +536,9 @@ def run_verify(job_id: str) -> None:
     )
     from workers.engine.versions import load_version, sha256_file
 
+    claim = _claim(job_id, (JobStatus.verifying,), JobStatus.verifying)
+    if claim is None:
+        return
     settings = get_settings()
     with claim:
         try:
