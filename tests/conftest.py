@@ -83,10 +83,10 @@ def lethe_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         "LETHE_ADMIN_KEY": ADMIN_KEY,
         "LETHE_SECRET_KEY": SECRET_KEY,
         "LETHE_BROKER_URL": "embedded",
-        # short, so a killed worker's job is taken over within seconds, but well above
-        # the ~4.5 s measured in the integration tests' workers between a stage's claim
-        # and its first heartbeat (a 4 s lease let the maintenance loop take live claims
-        # away, and the stage ran again)
+        # short, so a killed worker's job is taken over within seconds, with room for a
+        # loaded 2-core machine: a claim's first heartbeat comes a quarter lease after it
+        # (at 4 s, with the engine then imported between claim and heartbeat, live claims
+        # lapsed and stages ran again)
         "LETHE_JOB_LEASE_S": "10",
         "LETHE_MAINTENANCE_INTERVAL_S": "1",
     }
