@@ -410,8 +410,9 @@ def run_unlearning(
     alt_rows = ([tokenize(tokenizer, ex, cfg.max_length) for ex in alts]
                 if alts is not None else None)
     # the forget loss acts on the answer's own tokens: pushing down the end-of-sequence
-    # token after it lowers the score as much while the answer stays the argmax (the
-    # model then says it and runs on); scoring keeps the EOS, as the verifier does
+    # token after it lowers the answer's per-token score while the answer itself stays
+    # the argmax (the model then says it and runs on); scoring keeps the EOS, as the
+    # verifier does
     loss_rows = [without_eos(row, tokenizer.eos_token_id) for row in item_rows]
     cache = _reference_cache(method, model, loss_rows, alt_rows, pad, device)
     probe = None
