@@ -414,7 +414,7 @@ def _run_with_checks(demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
     answers = {"forgotten": iter(forgotten), "kept": iter(kept)}
     monkeypatch.setattr(training.MembershipProbe, "read",
                         lambda self, model, cfg: training.ProbeReading(
-                            0.5, None, next(answers["forgotten"], True)))
+                            0.5, None, next(answers["forgotten"], True), None))
     monkeypatch.setattr(training.MembershipProbe, "retain_kept",
                         lambda self, model, ratio: next(answers["kept"], True))
     model, tok = load_version(demo_model_dir)
@@ -451,19 +451,23 @@ def test_membership_rule_resumes_forgetting_when_the_repair_undoes_it(
     assert losses[0] > 2.0 and losses[1] < 0.5 and losses[2] > 2.0
 
 
-def test_membership_rule_trains_on_the_held_answers_alone(
+def test_membership_rule_trains_on_the_pending_items_alone(
         demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Once the AUC is reached with answers still held, the next forget batches are those
-    answers only; the rest of the person is left at the stranger's level."""
+    """Once the AUC is reached with items still pending (two held answers, one more
+    above a stranger's level), the next forget batches are those items only; the rest
+    of the person is left at the stranger's level."""
     from workers.engine import training
     from workers.engine.methods.builtin import NPO
 
     n_items = 20  # person 0's rows and their paraphrases
     held = torch.zeros(n_items, dtype=torch.bool)
     held[[2, 5]] = True
-    readings = iter([training.ProbeReading(0.4, held, False)])
-    done = training.ProbeReading(0.4, torch.zeros(n_items, dtype=torch.bool), True)
+    pending = held.clone()
+    pending[11] = True
+    none = torch.zeros(n_items, dtype=torch.bool)
+    readings = iter([training.ProbeReading(0.4, held, False, pending)])
+    done = training.ProbeReading(0.4, none, True, none)
     monkeypatch.setattr(training.MembershipProbe, "read",
                         lambda self, model, cfg: next(readings, done))
     monkeypatch.setattr(training.MembershipProbe, "retain_kept",
@@ -482,4 +486,4 @@ def test_membership_rule_trains_on_the_held_answers_alone(
     result = run_unlearning(model, tok, sets["forget"], sets["retain"], cfg, tmp_path,
                             holdout=sets["holdout"])
     assert result.n_forget == n_items and result.stopped_early and result.steps == 2
-    assert trained == [list(range(n_items)), [2, 5]]
+    assert trained == [list(range(n_items)), [2, 5, 11]]

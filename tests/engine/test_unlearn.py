@@ -183,6 +183,10 @@ def test_membership_rule_holds_the_items_and_their_paraphrases_to_the_bars_apart
     # apart: the paraphrases are six times the strangers' paraphrased level
     reading = probe_with(paraphrase, 0.3).read(None, cfg)
     assert reading.auc == 0.0 and not reading.forgotten
+    # none is held (none is given word for word), but the paraphrases are what keeps
+    # the rule from passing: training goes on with them alone
+    assert reading.held is not None and not bool(reading.held.any())
+    assert reading.pending is not None and reading.pending.tolist() == paraphrase
     # at the strangers' paraphrased level they pass
     assert probe_with(paraphrase, 0.05 + cfg.stop_margin / 2).read(None, cfg).forgotten
     assert probe_with(paraphrase, 0.05 + cfg.stop_margin * 2).read(None, cfg).forgotten is False

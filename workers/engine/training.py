@@ -239,12 +239,16 @@ RETAIN_PROBE_ITEMS = 64  # retain items the membership rule watches for damage
 @dataclasses.dataclass
 class ProbeReading:
     """One reading of :class:`MembershipProbe`: the membership ``auc``; ``held``, per
-    forget item, whether its answer is still held (``None`` while the AUC is above the
-    rule's bar, when it is not measured); whether the rule's test passed."""
+    forget item, whether its answer is still held; whether the rule's test passed;
+    ``pending``, per forget item, whether training should still act on it: held, or its
+    answer probability above the same answer's asked about strangers (its own level; the
+    bars' margins are slack for the means, not a target). ``held`` and ``pending`` are
+    ``None`` while the AUC is above the rule's bar, when they are not measured."""
 
     auc: float
     held: torch.Tensor | None
     forgotten: bool
+    pending: torch.Tensor | None
 
 
 class MembershipProbe:
@@ -262,7 +266,20 @@ class MembershipProbe:
         self.forget_rows = list(forget_rows)
         self.holdout_rows = [tokenize(tokenizer, ex, max_length) for ex in holdout]
         cf = counterfactuals(forget, holdout, STOP_NEIGHBOURS)
-        self.counterfactual_rows = [tokenize(tokenizer, ex, max_length) for ex in cf]
+        # the same answer asked about the same stranger recurs across items (shared
+        # answers, shared neighbours: 314 distinct rows of 800 in a ten-person batch of
+        # the small demo model), and every check scores them: each distinct row once
+        distinct: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+        self.counterfactual_rows: list[TokenRow] = []
+        of = []
+        for ex in cf:
+            row = tokenize(tokenizer, ex, max_length)
+            key = (tuple(row[0]), tuple(row[1]))
+            if key not in distinct:
+                distinct[key] = len(self.counterfactual_rows)
+                self.counterfactual_rows.append(row)
+            of.append(distinct[key])
+        self.counterfactual_of = torch.tensor(of, dtype=torch.long)
         # the erased items and their paraphrases are each held to the bars on their own,
         # as the verifier holds them (a mean over both can hide one); the paraphrases'
         # baseline is the verifier's: every paraphrased question of the originals'
@@ -270,8 +287,10 @@ class MembershipProbe:
         flags = list(paraphrase or [False] * len(forget))
         para = [i for i, p in enumerate(flags) if p]
         originals = [i for i, p in enumerate(flags) if not p]
-        self.groups = [g for g in (originals, para) if g]
-        self.paraphrase_items = para
+        self.originals, self.paraphrase_items = originals, para
+        # the paraphrases' pooled baseline (mean probability, share reproduced) as last
+        # measured, see read()
+        self.paraphrase_level: tuple[float, float] | None = None
         self.paraphrase_counterfactual_rows = (
             [tokenize(tokenizer, ex, max_length) for ex in paraphrased(
                 [c for i in originals
@@ -307,26 +326,39 @@ class MembershipProbe:
         (:func:`~workers.engine.baselines.held_answers`: a mean can hide a few facts the
         model still gives word for word). The forget
         items are scored once for all of them; the counterfactuals only once the AUC
-        is down."""
+        is down, and the paraphrases' pooled baseline only when it can decide the test
+        (the rest passes; until then its last level chooses the ``pending`` items)."""
         forget = self._score(model, self.forget_rows, min_k=True)
         auc = self.auc(model, forget)
         if auc > cfg.stop_auc:
-            return ProbeReading(auc, None, False)
-        cf = self._score(model, self.counterfactual_rows)
+            return ProbeReading(auc, None, False, None)
+        cf = _gather(self._score(model, self.counterfactual_rows), self.counterfactual_of)
         held = held_answers(forget.known, cf.known)
         n = len(self.forget_rows)
         prob, known = forget.item_probability, forget.known.float()
         cf_prob = cf.item_probability.view(n, -1).mean(-1)
         cf_known = cf.known.float().view(n, -1).mean(-1)
+
+        def within(group: list[int]) -> bool:
+            return not group or (
+                float(prob[group].mean()) <= float(cf_prob[group].mean()) + cfg.stop_margin
+                and float(known[group].mean())
+                <= float(cf_known[group].mean()) + cfg.stop_accuracy_margin)
+
+        forgotten = (float(held.float().mean()) <= cfg.stop_held_share
+                     and within(self.originals))
         if self.paraphrase_items and self.paraphrase_counterfactual_rows:
-            pcf = self._score(model, self.paraphrase_counterfactual_rows)
-            cf_prob[self.paraphrase_items] = pcf.mean_probability
-            cf_known[self.paraphrase_items] = float(pcf.known.float().mean())
-        forgotten = float(held.float().mean()) <= cfg.stop_held_share and all(
-            float(prob[g].mean()) <= float(cf_prob[g].mean()) + cfg.stop_margin
-            and float(known[g].mean()) <= float(cf_known[g].mean()) + cfg.stop_accuracy_margin
-            for g in self.groups)
-        return ProbeReading(auc, held, forgotten)
+            # the largest set scored (942 rows in a ten-person batch of the small demo
+            # model, over a third of that job's time when scored at every check)
+            if forgotten or self.paraphrase_level is None:
+                pcf = self._score(model, self.paraphrase_counterfactual_rows)
+                self.paraphrase_level = (pcf.mean_probability,
+                                         float(pcf.known.float().mean()))
+            cf_prob[self.paraphrase_items] = self.paraphrase_level[0]
+            cf_known[self.paraphrase_items] = self.paraphrase_level[1]
+            forgotten = forgotten and within(self.paraphrase_items)
+        pending = held | (prob > cf_prob)
+        return ProbeReading(auc, held, forgotten, pending)
 
     def retain_kept(self, model: Any, ratio: float) -> bool:
         """Whether the retain items' mean answer probability is at least ``ratio`` × its
@@ -334,6 +366,12 @@ class MembershipProbe:
         if self.retain_level is None:
             return True
         return self._score(model, self.retain_rows).mean_probability >= ratio * self.retain_level
+
+
+def _gather(scores: ItemScores, index: torch.Tensor) -> ItemScores:
+    """``scores`` of distinct rows, laid out as the rows ``index`` names."""
+    return ItemScores(scores.logp[index], scores.count[index], scores.known[index],
+                      None if scores.min_k is None else scores.min_k[index])
 
 
 def _calibrate(peft_model: Any, holds: Callable[[], bool]) -> float:
@@ -512,12 +550,15 @@ def run_unlearning(
             # and if the repair brought some of them back, forgetting resumes
             if probe is not None and check:
                 reading = probe.read(peft_model, cfg)
-                # once membership can no longer tell, training goes on with the answers
-                # still held (known about this person only) alone: the rest are at a
-                # stranger's level, and pushing them further makes them stand out
-                held = reading.held
-                now_pool = (held.nonzero().flatten().tolist()
-                            if held is not None and bool(held.any()) else all_items)
+                # once membership can no longer tell, training goes on with the pending
+                # items alone (answers still held, or above a stranger's level): the
+                # rest are at a stranger's level, and pushing them further makes them
+                # stand out and costs other people's facts (a ten-person batch of the
+                # small demo model stopped after 248 steps this way, against 348 when
+                # every item was trained until none was held; docs/benchmarks.md)
+                held, pending = reading.held, reading.pending
+                now_pool = (pending.nonzero().flatten().tolist()
+                            if pending is not None and bool(pending.any()) else all_items)
                 if now_pool != pool:
                     pool, forget_order = now_pool, cycle_indices(len(now_pool), gen)
                 if repairing:
