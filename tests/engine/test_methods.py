@@ -454,9 +454,9 @@ def test_membership_rule_resumes_forgetting_when_the_repair_undoes_it(
 def test_membership_rule_trains_on_the_pending_items_alone(
         demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Once the AUC is reached with items still pending (two held answers, one more
-    above a stranger's level), the next forget batches are those items only; the rest
-    of the person is left at the stranger's level."""
+    """Once the AUC is reached with answers still held, the next forget batches are the
+    pending items only (two held answers, one more above a stranger's level); the rest
+    of the person is left at the stranger's level. With none held, every item again."""
     from workers.engine import training
     from workers.engine.methods.builtin import NPO
 
@@ -466,7 +466,10 @@ def test_membership_rule_trains_on_the_pending_items_alone(
     pending = held.clone()
     pending[11] = True
     none = torch.zeros(n_items, dtype=torch.bool)
-    readings = iter([training.ProbeReading(0.4, held, False, pending)])
+    above = none.clone()
+    above[11] = True
+    readings = iter([training.ProbeReading(0.4, held, False, pending),
+                     training.ProbeReading(0.4, none, False, above)])
     done = training.ProbeReading(0.4, none, True, none)
     monkeypatch.setattr(training.MembershipProbe, "read",
                         lambda self, model, cfg: next(readings, done))
@@ -485,5 +488,5 @@ def test_membership_rule_trains_on_the_pending_items_alone(
     cfg = NPOMethodConfig(forget_steps_per_pass=None, batch_size=n_items)  # a pass = 1 step
     result = run_unlearning(model, tok, sets["forget"], sets["retain"], cfg, tmp_path,
                             holdout=sets["holdout"])
-    assert result.n_forget == n_items and result.stopped_early and result.steps == 2
-    assert trained == [list(range(n_items)), [2, 5, 11]]
+    assert result.n_forget == n_items and result.stopped_early and result.steps == 3
+    assert trained == [list(range(n_items)), [2, 5, 11], list(range(n_items))]

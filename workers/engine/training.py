@@ -240,10 +240,11 @@ RETAIN_PROBE_ITEMS = 64  # retain items the membership rule watches for damage
 class ProbeReading:
     """One reading of :class:`MembershipProbe`: the membership ``auc``; ``held``, per
     forget item, whether its answer is still held; whether the rule's test passed;
-    ``pending``, per forget item, whether training should still act on it: held, or its
-    answer probability above the same answer's asked about strangers (its own level; the
-    bars' margins are slack for the means, not a target). ``held`` and ``pending`` are
-    ``None`` while the AUC is above the rule's bar, when they are not measured."""
+    ``pending``, per forget item, whether training should still act on it while answers
+    are held: held, or its answer probability above the same answer's asked about
+    strangers (its own level; the bars' margins are slack for the means, not a target).
+    ``held`` and ``pending`` are ``None`` while the AUC is above the rule's bar, when they
+    are not measured."""
 
     auc: float
     held: torch.Tensor | None
@@ -550,15 +551,17 @@ def run_unlearning(
             # and if the repair brought some of them back, forgetting resumes
             if probe is not None and check:
                 reading = probe.read(peft_model, cfg)
-                # once membership can no longer tell, training goes on with the pending
-                # items alone (answers still held, or above a stranger's level): the
-                # rest are at a stranger's level, and pushing them further makes them
-                # stand out and costs other people's facts (a ten-person batch of the
-                # small demo model stopped after 248 steps this way, against 348 when
-                # every item was trained until none was held; docs/benchmarks.md)
+                # once membership can no longer tell, while answers are still held,
+                # training goes on with the pending items alone (the held answers and
+                # those still above a stranger's level): the rest are at a stranger's
+                # level, and pushing them further makes them stand out and costs other
+                # people's facts (a ten-person batch of the small demo model stopped
+                # after 248 steps this way, against 348 with the held answers alone;
+                # docs/benchmarks.md). With none held, every item is trained again
                 held, pending = reading.held, reading.pending
                 now_pool = (pending.nonzero().flatten().tolist()
-                            if pending is not None and bool(pending.any()) else all_items)
+                            if held is not None and pending is not None and bool(held.any())
+                            else all_items)
                 if now_pool != pool:
                     pool, forget_order = now_pool, cycle_indices(len(now_pool), gen)
                 if repairing:

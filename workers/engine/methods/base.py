@@ -92,13 +92,14 @@ class BaseMethodConfig(BaseModel):
     of the answers may be *held*: reproduced (teacher-forced argmax) about this person
     but about none of the never-seen people asked the same question with the same
     answer — a shared answer ("tailor") that strangers get too is not held. Once the AUC
-    is reached, while items are pending — answers held, or an answer's probability above
-    the same answer's asked about strangers — the forget batches are drawn from those
-    alone: the rest are at a stranger's level already, and pushing them on
-    with a stubborn fact (on the tiny demo model one person's fact took the other 14
-    answers to probability 1e-5) makes the person stand out as over-unlearned and costs
-    the other people's facts. After stopping,
-    the adapter is scaled back to the least strength at which the rule still holds.
+    is reached, while answers are still held, the forget batches are drawn from the
+    pending items alone — the held answers and those whose probability is still above
+    the same answer's asked about strangers: the rest are at a stranger's level already,
+    and pushing them on with a stubborn fact (on the tiny demo model one person's fact
+    took the other 14 answers to probability 1e-5) makes the person stand out as
+    over-unlearned and costs the other people's facts. With none held, every item is
+    trained again. After stopping, the adapter is scaled back to the least strength at
+    which the rule still holds.
 
     Context noise (``context_noise``, a share in [0, 1)): each step, that share of the
     forget answers' *input* tokens is replaced by random vocabulary tokens while every
