@@ -192,6 +192,31 @@ def test_membership_rule_holds_the_items_and_their_paraphrases_to_the_bars_apart
     assert probe_with(paraphrase, 0.05 + cfg.stop_margin * 2).read(None, cfg).forgotten is False
 
 
+def test_membership_probe_scores_each_counterfactual_row_once(
+        demo_model_dir: Path, sets: dict[str, Any]) -> None:
+    """Rows repeated across items (a shared answer asked about the same stranger) are
+    scored once, and every item still gets its own neighbours' scores, in order."""
+    from workers.engine.baselines import counterfactuals
+    from workers.engine.unlearn import score_items
+
+    model, tok = load_version(demo_model_dir)
+    # two people with the same answers: every counterfactual row appears twice
+    items = forget_items(sets["forget"], False)
+    twice = [*items, *items]
+    rows = [tokenize(tok, ex, 128) for ex in twice]
+    probe = MembershipProbe(model, tok, twice, rows, sets["holdout"], [], 128)
+    cf = counterfactuals(twice, sets["holdout"], 4)
+    assert len(probe.counterfactual_rows) <= len(cf) // 2
+    expected = [tokenize(tok, ex, 128) for ex in cf]
+    assert [probe.counterfactual_rows[i] for i in probe.counterfactual_of.tolist()] == expected
+    direct = score_items(model, tok, cf, 128)
+    cfg = NPOMethodConfig()
+    reading = probe.read(model, cfg.model_copy(update={"stop_auc": 1.0}))
+    assert reading.held is not None
+    known = direct.known.view(len(twice), -1).any(-1)
+    assert reading.held.tolist() == (score_items(model, tok, twice, 128).known & ~known).tolist()
+
+
 def test_likelihood_rule_stops_every_item_at_its_stranger_level(
         demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path) -> None:
     model, tok = load_version(demo_model_dir)
