@@ -270,17 +270,14 @@ class MembershipProbe:
         # the same answer asked about the same stranger recurs across items (shared
         # answers, shared neighbours: 314 distinct rows of 800 in a ten-person batch of
         # the small demo model), and every check scores them: each distinct row once
-        distinct: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
-        self.counterfactual_rows: list[TokenRow] = []
-        of = []
+        distinct: dict[tuple[str, str], Example] = {}
         for ex in cf:
-            row = tokenize(tokenizer, ex, max_length)
-            key = (tuple(row[0]), tuple(row[1]))
-            if key not in distinct:
-                distinct[key] = len(self.counterfactual_rows)
-                self.counterfactual_rows.append(row)
-            of.append(distinct[key])
-        self.counterfactual_of = torch.tensor(of, dtype=torch.long)
+            distinct.setdefault((ex.prompt, ex.target), ex)
+        position = {key: i for i, key in enumerate(distinct)}
+        self.counterfactual_rows = [tokenize(tokenizer, ex, max_length)
+                                    for ex in distinct.values()]
+        self.counterfactual_of = torch.tensor([position[(ex.prompt, ex.target)] for ex in cf],
+                                              dtype=torch.long)
         # the erased items and their paraphrases are each held to the bars on their own,
         # as the verifier holds them (a mean over both can hide one); the paraphrases'
         # baseline is the verifier's: every paraphrased question of the originals'
