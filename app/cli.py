@@ -404,11 +404,16 @@ def bench_tofu(
     model_size: Annotated[str, typer.Option(
         help="small: the CPU model; medium: ~36 M parameters, for a GPU")] = "small",
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
+    tokenizer_text: Annotated[str, typer.Option(
+        help="what the tokenizer is fitted to: retain (the retained authors' text) or "
+             "scored (every text scored, the earlier recipe)")] = "retain",
 ) -> None:
     """TOFU: train an original and a retrained reference model, unlearn the forget split
     through the workers' engine, report forget quality, utility, MIA and wall times."""
     if split not in ("forget01", "forget05", "forget10"):
         raise typer.BadParameter("forget01, forget05 or forget10", param_hint="--split")
+    if tokenizer_text not in ("retain", "scored"):
+        raise typer.BadParameter("retain or scored", param_hint="--tokenizer-text")
     from workers.engine.tofu import bench_tofu as run
 
     methods = [m.strip() for m in method.split(",") if m.strip()]
@@ -423,6 +428,7 @@ def bench_tofu(
             seed=seed,
             model_size=model_size,
             device=device,
+            tokenizer_text=tokenizer_text,
         )
     except (ValueError, FileNotFoundError) as exc:  # bad options or data, said plainly
         typer.echo(f"lethe bench tofu: {exc}", err=True)

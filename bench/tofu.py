@@ -14,7 +14,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from workers.engine.methods import METHOD_NAMES  # noqa: E402
-from workers.engine.tofu import SPLITS, TOFU_RECIPES, bench_tofu  # noqa: E402
+from workers.engine.tofu import (  # noqa: E402
+    SPLITS,
+    TOFU_RECIPES,
+    TOKENIZER_TEXTS,
+    bench_tofu,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-size", choices=sorted(TOFU_RECIPES), default="small",
                         help="small: the CPU model; medium: ~36 M parameters, for a GPU")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--tokenizer-text", choices=TOKENIZER_TEXTS, default="retain",
+                        help="what the tokenizer is fitted to: the retained authors' text "
+                             "(default) or every text scored (the earlier recipe)")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     args = parser.parse_args(argv)
     unknown = set(args.method.split(",")) - set(METHOD_NAMES)
@@ -44,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown method(s) {sorted(unknown)}; choose from {METHOD_NAMES}")
     bench_tofu(args.data, args.split, args.authors, args.method, args.json,
                method_overrides=json.loads(args.set), cache_dir=args.cache, seed=args.seed,
-               model_size=args.model_size, device=args.device)
+               model_size=args.model_size, device=args.device,
+               tokenizer_text=args.tokenizer_text)
     return 0
 
 

@@ -50,6 +50,8 @@ def test_bench_tofu_rejects_unknown_model_size(tmp_path: Path) -> None:
     assert set(TOFU_RECIPES) == {"small", "medium"}
     with pytest.raises(ValueError, match="model size"):
         bench_tofu(tmp_path, model_size="large")
+    with pytest.raises(ValueError, match="tokenizer text"):
+        bench_tofu(tmp_path, tokenizer_text="everything")
     if not torch.cuda.is_available():  # refused before any data is read or model trained
         with pytest.raises(ValueError, match="CUDA is not available"):
             bench_tofu(tmp_path, device="cuda")

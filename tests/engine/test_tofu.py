@@ -10,8 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from workers.engine.demo_model import train_tokenizer
+from workers.engine.qa import DEFAULT_TEMPLATE, PromptTemplate
 from workers.engine.tofu import (
     TOFU_RECIPE,
+    _tokenizer_rows,
     harmonic_mean,
     load_sets,
     min_k_scores,
@@ -66,6 +69,39 @@ def test_load_sets_selects_authors() -> None:
 
 
 @needs_data
+def test_tokenizer_fitted_to_the_retained_text_spells_forgotten_names_with_shared_pieces(
+) -> None:
+    """With the default tokenizer (fitted to the retained authors' text) almost every token
+    of the forget authors' answers and paraphrases also occurs in the retained rows, so
+    both models trained it; fitted to every scored text, a third of them occur nowhere
+    else and only the original ever trains them."""
+    sets = load_sets(TOFU, "forget01", 4)
+    template = PromptTemplate(DEFAULT_TEMPLATE)
+
+    def forget_only_share(text: str) -> float:
+        rows = _tokenizer_rows(sets, text)
+        tok = train_tokenizer(
+            [template.prompt(r["question"]) for r in rows],
+            [a for r in rows for a in [r["answer"], r.get("paraphrased_answer", ""),
+                                       *r.get("perturbed_answer", [])] if a],
+            TOFU_RECIPE.vocab_size)
+
+        def ids(s: str) -> list[int]:
+            return list(tok(s, add_special_tokens=False)["input_ids"])
+
+        trained = {i for r in sets.retain
+                   for s in (template.prompt(r["question"]), r["answer"]) for i in ids(s)}
+        scored = [i for r in sets.forget_perturbed
+                  for s in (r["answer"], r["paraphrased_answer"]) for i in ids(s)]
+        return sum(i not in trained for i in scored) / len(scored)
+
+    assert forget_only_share("retain") < 0.1  # 0.03 measured
+    assert forget_only_share("scored") > 0.3  # 0.41 measured
+    with pytest.raises(ValueError):
+        _tokenizer_rows(sets, "everything")
+
+
+@needs_data
 def test_run_tofu_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
     import workers.engine.tofu as tofu
 
@@ -84,6 +120,7 @@ def test_run_tofu_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(report["by_method"]) == {"npo", "task_vector"}
     # one seed for the models and the unlearning
     assert report["seed"] == 3 and report["by_method"]["npo"]["method_config"]["seed"] == 3
+    assert report["tokenizer_text"] == "retain"
 
 
 @needs_data

@@ -4,7 +4,8 @@ runs without a model hub.
 From the TOFU JSON Lines in ``data_dir`` (read in place, never copied) this trains a small
 Llama-style model from scratch on the chosen authors of ``full`` (the *original*), and a
 second one on the same authors minus the forget split (the *reference*, TOFU's "retrained"
-gold standard), both with :mod:`workers.engine.demo_model`'s tokenizer and trainer. It
+gold standard), both with :mod:`workers.engine.demo_model`'s trainer and one byte-level BPE
+tokenizer fitted to the retained authors' text (:data:`TOKENIZER_TEXTS`). It
 then unlearns the forget split from the original with
 :func:`workers.engine.training.run_unlearning` and reports, per UNLEARNING.md:
 
@@ -308,6 +309,31 @@ def _train_model(rows: Sequence[dict[str, Any]], tokenizer: Any, template: Promp
     return model, seconds
 
 
+TOKENIZER_TEXTS = ("retain", "scored")
+"""What the benchmark's byte-level BPE tokenizer is fitted to.
+
+``retain`` (the default): the retained authors' questions and answers, the text both the
+original and the reference train on. Every multi-byte token then occurs in both models'
+training data, and the forget and holdout authors' names are spelled with pieces the two
+models learned alike, as with a pretrained model whose tokenizer predates the data later
+erased (TOFU's Llama models). ``scored``: every text either model is scored on (the
+forget, holdout and perturbed answers too), the recipe before 2026-11-29. Fitted to the
+forget answers, the tokenizer gets whole tokens for the forget authors' names and
+places that only the original ever trains: a LoRA on the linear layers cannot take
+those embeddings back, and the reference's truth ratios and Min-K% scores partly
+measure whether a token was trained at all (docs/benchmarks.md, "What the truth ratio
+measures at this scale")."""
+
+
+def _tokenizer_rows(sets: TofuSets, text: str) -> list[dict[str, Any]]:
+    if text == "retain":
+        return list(sets.retain)
+    if text == "scored":
+        return [*sets.retain, *sets.forget, *sets.holdout, *sets.retain_perturbed,
+                *sets.forget_perturbed]
+    raise ValueError(f"tokenizer text must be one of {TOKENIZER_TEXTS}")
+
+
 def _cache_key(rows: Sequence[dict[str, Any]], recipe: Recipe, seed: int) -> str:
     """What the trained models depend on: the rows the tokenizer sees (the training
     rows among them), the recipe and the seed."""
@@ -329,9 +355,13 @@ def run_tofu(
     log: Any = None,
     cache_dir: str | Path | None = None,
     device: str = "cpu",
+    tokenizer_text: str = "retain",
 ) -> dict[str, Any]:
     """Run the benchmark on ``device``; returns the JSON-ready report (see module
     docstring).
+
+    ``tokenizer_text``: what the models' tokenizer is fitted to, see
+    :data:`TOKENIZER_TEXTS`.
 
     ``cache_dir``: keep the trained original and reference models (and tokenizer) there,
     keyed by what they depend on, so that comparing methods or settings on the same
@@ -356,21 +386,20 @@ def run_tofu(
     try:
         sets = load_sets(data_dir, split, authors)
         template = PromptTemplate(DEFAULT_TEMPLATE)
-        # one tokenizer for every model, so truth ratios and Min-K% compare like with like;
-        # it sees every text the models are scored on (vocabulary is not memorisation)
-        everything = [*sets.retain, *sets.forget, *sets.holdout, *sets.retain_perturbed,
-                      *sets.forget_perturbed]
+        # one tokenizer for every model, so truth ratios and Min-K% compare like with like
+        tokenizer_rows = _tokenizer_rows(sets, tokenizer_text)
         cache = None
         if cache_dir is not None:
-            key = _cache_key(everything, recipe, seed)
+            # the trained rows are not all among the tokenizer's ("retain")
+            key = _cache_key([*tokenizer_rows, *sets.retain, *sets.forget], recipe, seed)
             cache = Path(cache_dir) / f"{split}-{sets.n_authors}-{key}"
         if cache is not None and (cache / "tokenizer" / "tokenizer.json").exists():
             from transformers import AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(str(cache / "tokenizer"))
         else:
-            prompts = [template.prompt(r["question"]) for r in everything]
-            answers = [a for r in everything for a in
+            prompts = [template.prompt(r["question"]) for r in tokenizer_rows]
+            answers = [a for r in tokenizer_rows for a in
                        [r["answer"], r.get("paraphrased_answer", ""),
                         *r.get("perturbed_answer", [])]
                        if a]
@@ -458,6 +487,7 @@ def run_tofu(
             "by_method": by_method,
             "seed": seed,
             "device": device,
+            "tokenizer_text": tokenizer_text,
             "device_name": (torch.cuda.get_device_name(device) if device.startswith("cuda")
                             else "cpu"),
             "recipe": asdict(recipe),
@@ -472,19 +502,22 @@ def bench_tofu(data_dir: str | Path, split: str = "forget01", authors: int | Non
                method: str | Sequence[str] = "npo", json_out: bool = False,
                method_overrides: dict[str, Any] | None = None,
                cache_dir: str | Path | None = None, seed: int = 0,
-               model_size: str = "small", device: str = "cpu") -> dict[str, Any]:
+               model_size: str = "small", device: str = "cpu",
+               tokenizer_text: str = "retain") -> dict[str, Any]:
     """CLI hook for ``lethe bench tofu``: runs :func:`run_tofu`, prints progress and a
     summary, and with ``json_out`` prints the report as one JSON object last."""
     import sys
 
     if model_size not in TOFU_RECIPES:
         raise ValueError(f"model size must be one of {sorted(TOFU_RECIPES)}")
+    if tokenizer_text not in TOKENIZER_TEXTS:
+        raise ValueError(f"tokenizer text must be one of {TOKENIZER_TEXTS}")
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r}: CUDA is not available to this torch build")
     report = run_tofu(data_dir, split, authors, method, method_overrides,
                       recipe=TOFU_RECIPES[model_size], seed=seed,
                       log=lambda msg: print(f"[tofu] {msg}", file=sys.stderr, flush=True),
-                      cache_dir=cache_dir, device=device)
+                      cache_dir=cache_dir, device=device, tokenizer_text=tokenizer_text)
     report["model_size"] = model_size
     keys = ("forget_quality", "forget_quality_original", "model_utility_original",
             "model_utility_unlearned", "model_utility_reference", "mia_auc_original",
