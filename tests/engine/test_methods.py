@@ -406,7 +406,7 @@ def test_npo_granularity_sequence_is_the_published_loss(demo_model_dir: Path,
 
 def _run_with_checks(demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
                      monkeypatch: pytest.MonkeyPatch, forgotten: list[bool],
-                     kept: list[bool]) -> tuple[UnlearnResult, list[float]]:
+                     kept: list[bool], **config: Any) -> tuple[UnlearnResult, list[float]]:
     """The default NPO run, a pass per step, with the membership rule's two tests
     answering ``forgotten`` and ``kept`` in turn (then ``True``)."""
     from workers.engine import training
@@ -419,7 +419,8 @@ def _run_with_checks(demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
                         lambda self, model, ratio: next(answers["kept"], True))
     model, tok = load_version(demo_model_dir)
     losses: list[float] = []
-    cfg = NPOMethodConfig(forget_steps_per_pass=None, batch_size=20)  # a pass = 1 step
+    cfg = NPOMethodConfig(forget_steps_per_pass=None, batch_size=20,  # a pass = 1 step
+                          **config)
     result = run_unlearning(model, tok, sets["forget"], sets["retain"], cfg, tmp_path,
                             lambda step, total, loss: losses.append(loss) is None,
                             holdout=sets["holdout"])
@@ -437,7 +438,31 @@ def test_membership_rule_repairs_the_retain_set_before_stopping(
     assert result.stopped_early and result.steps == 3 and len(losses) == 3
     assert losses[0] > 2.0  # NPO at step 1: (2/0.3)·ln 2 + retain
     assert losses[1] < 0.5 and losses[2] < 0.5  # retain NLL alone: repairing
-    assert result.adapter_scale == pytest.approx(1 / 128)  # forgotten at every strength
+    # forgotten at every strength: 1/128, then the default margin back towards 1
+    margin = NPOMethodConfig().calibration_margin
+    assert result.adapter_scale == pytest.approx(1 / 128 + margin * (1 - 1 / 128))
+
+
+def test_calibration_margin_steps_back_towards_the_trained_adapter(
+        demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rule holds at every strength, so calibration finds 1/128; a margin of 0.5 ends
+    halfway from there to the trained adapter, and the saved adapter is that multiple
+    of the same training's calibrated one."""
+    from safetensors.torch import load_file
+
+    plain, _ = _run_with_checks(demo_model_dir, sets, tmp_path / "plain", monkeypatch,
+                                forgotten=[], kept=[], calibration_margin=0.0)
+    stepped, _ = _run_with_checks(demo_model_dir, sets, tmp_path / "margin", monkeypatch,
+                                  forgotten=[], kept=[], calibration_margin=0.5)
+    assert plain.adapter_scale == pytest.approx(1 / 128)
+    assert stepped.adapter_scale == pytest.approx(1 / 128 + 0.5 * (1 - 1 / 128))
+    a = load_file(str(tmp_path / "plain" / ADAPTER_WEIGHTS))
+    b = load_file(str(tmp_path / "margin" / ADAPTER_WEIGHTS))
+    ratio = stepped.adapter_scale / plain.adapter_scale
+    for key, value in a.items():
+        expected = value * ratio if "lora_B" in key else value
+        assert torch.allclose(b[key], expected, rtol=1e-4, atol=1e-7), key
 
 
 def test_membership_rule_resumes_forgetting_when_the_repair_undoes_it(

@@ -589,6 +589,10 @@ def run_unlearning(
         if stopped_early and probe is not None:
             scale = _calibrate(peft_model,
                                lambda: probe.forgotten(peft_model, cfg))
+            if cfg.calibration_margin and scale < 1.0:
+                final = scale + cfg.calibration_margin * (1.0 - scale)
+                _scale_lora(peft_model, final / scale)
+                scale = final
         elif stopped_early and targets is not None:
             stop_at = targets
 

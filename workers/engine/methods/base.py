@@ -99,7 +99,10 @@ class BaseMethodConfig(BaseModel):
     took the other 14 answers to probability 1e-5) makes the person stand out as
     over-unlearned and costs the other people's facts. With none held, every item is
     trained again. After stopping, the adapter is scaled back to the least strength at
-    which the rule still holds.
+    which the rule still holds, then ``calibration_margin`` of the way from there back
+    towards the trained adapter (0: the least strength itself). The rule was met
+    against one sample of strangers; the verifier measures against another, and a
+    candidate at the very edge of the first misses the second as often as not.
 
     Context noise (``context_noise``, a share in [0, 1)): each step, that share of the
     forget answers' *input* tokens is replaced by random vocabulary tokens while every
@@ -148,6 +151,7 @@ class BaseMethodConfig(BaseModel):
     stop_accuracy_margin: float = Field(0.05, ge=0.0, lt=1.0)
     stop_held_share: float = Field(0.0, ge=0.0, le=1.0)
     repair_ratio: float = Field(0.98, ge=0.0, le=1.0)
+    calibration_margin: float = Field(0.0, ge=0.0, le=1.0)
     context_noise: float = Field(0.0, ge=0.0, lt=1.0)
     retain_hard_share: float = Field(0.0, ge=0.0, le=1.0)
     retain_hard_nll: float = Field(0.1, ge=0.0)

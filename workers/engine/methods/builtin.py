@@ -113,7 +113,12 @@ class NPOMethodConfig(BaseMethodConfig):
     there are none), a cap of 90 passes, a pass in at most 4 steps (one person's ~20
     items: 3 steps of 8; a batch of 50 people: 16 steps of 64), 32 retain items per step
     of which half replay the currently most damaged facts. The adapter is scaled back to
-    the stopping point, so people forgotten quickly cost the others less.
+    the stopping point, so people forgotten quickly cost the others less, and then a
+    quarter of the way back towards the trained adapter (``calibration_margin``): at the
+    very edge of the rule, TOFU forget01 met the target on 4 of 5 model pairs, with the
+    margin on 5 of 5, while the small demo model's first-attempt verdicts stayed the
+    same (6 of 10) and the failing ones moved closer to the verifier's bars
+    (docs/benchmarks.md).
 
     ``unlikelihood_weight`` (off by default): once the membership rule's AUC is reached,
     the answers still held (known word for word for this person only, see
@@ -137,6 +142,7 @@ class NPOMethodConfig(BaseMethodConfig):
     retain_batch_size: int | None = Field(32, ge=1)
     retain_hard_share: float = Field(0.5, ge=0.0, le=1.0)
     early_stop: bool = True
+    calibration_margin: float = Field(0.25, ge=0.0, le=1.0)
 
     @property
     def effective_beta(self) -> float:
