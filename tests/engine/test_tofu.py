@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from workers.engine.demo_model import train_tokenizer
 from workers.engine.qa import DEFAULT_TEMPLATE, PromptTemplate
 from workers.engine.tofu import (
     TOFU_RECIPE,
     _tokenizer_rows,
+    fit_tokenizer,
     harmonic_mean,
     load_sets,
     min_k_scores,
@@ -79,12 +79,7 @@ def test_tokenizer_fitted_to_the_retained_text_spells_forgotten_names_with_share
     template = PromptTemplate(DEFAULT_TEMPLATE)
 
     def forget_only_share(text: str) -> float:
-        rows = _tokenizer_rows(sets, text)
-        tok = train_tokenizer(
-            [template.prompt(r["question"]) for r in rows],
-            [a for r in rows for a in [r["answer"], r.get("paraphrased_answer", ""),
-                                       *r.get("perturbed_answer", [])] if a],
-            TOFU_RECIPE.vocab_size)
+        tok = fit_tokenizer(_tokenizer_rows(sets, text), template, TOFU_RECIPE.vocab_size)
 
         def ids(s: str) -> list[int]:
             return list(tok(s, add_special_tokens=False)["input_ids"])

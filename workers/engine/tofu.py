@@ -334,6 +334,18 @@ def _tokenizer_rows(sets: TofuSets, text: str) -> list[dict[str, Any]]:
     raise ValueError(f"tokenizer text must be one of {TOKENIZER_TEXTS}")
 
 
+def fit_tokenizer(rows: Sequence[dict[str, Any]], template: PromptTemplate,
+                  vocab_size: int) -> Any:
+    """The benchmark's tokenizer, fitted to ``rows``' prompts and every answer they carry
+    (answer, paraphrased and perturbed answers where present)."""
+    prompts = [template.prompt(r["question"]) for r in rows]
+    answers = [a for r in rows
+               for a in [r["answer"], r.get("paraphrased_answer", ""),
+                         *r.get("perturbed_answer", [])]
+               if a]
+    return train_tokenizer(prompts, answers, vocab_size)
+
+
 def _cache_key(rows: Sequence[dict[str, Any]], recipe: Recipe, seed: int) -> str:
     """What the trained models depend on: the rows the tokenizer sees (the training
     rows among them), the recipe and the seed."""
@@ -398,12 +410,7 @@ def run_tofu(
 
             tokenizer = AutoTokenizer.from_pretrained(str(cache / "tokenizer"))
         else:
-            prompts = [template.prompt(r["question"]) for r in tokenizer_rows]
-            answers = [a for r in tokenizer_rows for a in
-                       [r["answer"], r.get("paraphrased_answer", ""),
-                        *r.get("perturbed_answer", [])]
-                       if a]
-            tokenizer = train_tokenizer(prompts, answers, recipe.vocab_size)
+            tokenizer = fit_tokenizer(tokenizer_rows, template, recipe.vocab_size)
             if cache is not None:  # save_pretrained creates the directories
                 tokenizer.save_pretrained(str(cache / "tokenizer"))
         say(f"{sets.n_authors} authors ({sets.n_forget_authors} forget), "
