@@ -192,6 +192,61 @@ def test_membership_rule_holds_the_items_and_their_paraphrases_to_the_bars_apart
     assert probe_with(paraphrase, 0.05 + cfg.stop_margin * 2).read(None, cfg).forgotten is False
 
 
+def test_preference_score_is_not_fooled_by_strangers_falling_along(
+        demo_model_dir: Path, sets: dict[str, Any]) -> None:
+    """Unlearning can lower every unfamiliar answer, strangers' too: then the erased
+    people's answers stay above the strangers' (Min-K% AUC 1) though the model prefers
+    their true answers no more than other people's. The preference score compares each
+    answer with the others given to the same question; scores set by hand, the probe's
+    rows the real ones."""
+    from workers.engine.unlearn import ItemScores
+
+    model, tok = load_version(demo_model_dir)
+    items = forget_items(sets["forget"], False)
+    rows = [tokenize(tok, ex, 128) for ex in items]
+    probe = MembershipProbe(model, tok, items, rows, sets["holdout"], [], 128,
+                            score="preference")
+    assert len(probe.forget_alt_rows) == 4 * len(items)
+    assert len(probe.holdout_alt_rows) == 4 * len(sets["holdout"])
+    # on the real rows: a float AUC, the parent prefers the erased people's answers
+    cfg = NPOMethodConfig(stop_score="preference")
+    assert probe.aucs(model)["preference"] > 0.9
+    levels = {"forget": -1.0, "holdout": -5.0, "forget_alt": -1.0, "holdout_alt": -5.0}
+
+    def score(model_: Any, rows_: Any, min_k: bool = False) -> ItemScores:
+        name = {id(probe.forget_rows): "forget", id(probe.holdout_rows): "holdout",
+                id(probe.forget_alt_rows): "forget_alt",
+                id(probe.holdout_alt_rows): "holdout_alt"}.get(id(rows_), "forget")
+        n = len(rows_)
+        return ItemScores(torch.full((n,), levels[name]), torch.ones(n),
+                          torch.zeros(n, dtype=torch.bool),
+                          torch.full((n,), levels[name]) if min_k else None)
+
+    probe._score = score  # type: ignore[method-assign]
+    # everybody's answers as likely as any other answer to the question: the erased
+    # people are strangers by preference, though far above them by Min-K%
+    assert probe.aucs(None) == {"preference": 0.5}
+    probe.score = "either"
+    assert probe.aucs(None) == {"min_k": 1.0, "preference": 0.5}
+    reading = probe.read(None, cfg)
+    assert reading.auc == 0.5 and reading.forgotten  # the score that passes
+    probe.score = "min_k"
+    assert probe.aucs(None) == {"min_k": 1.0}
+    assert probe.read(None, cfg).auc == 1.0 and not probe.read(None, cfg).forgotten
+    # still preferring their own answers: members by either score
+    probe.score, levels["forget_alt"] = "either", -3.0
+    assert probe.aucs(None) == {"min_k": 1.0, "preference": 1.0}
+    assert not probe.read(None, cfg).forgotten
+    # the preference bar: stop_auc, plus standard errors of two same-population
+    # samples' AUC; Min-K%'s stays stop_auc
+    n1, n0 = len(items), len(sets["holdout"])
+    assert probe.auc_bar(cfg, "preference") == probe.auc_bar(cfg, "min_k") == 0.5
+    wider = cfg.model_copy(update={"stop_auc_sigmas": 2.0})
+    assert probe.auc_bar(wider, "preference") == pytest.approx(
+        0.5 + 2 * math.sqrt((n1 + n0 + 1) / (12 * n1 * n0)))
+    assert probe.auc_bar(wider, "min_k") == 0.5
+
+
 def test_membership_probe_scores_each_counterfactual_row_once(
         demo_model_dir: Path, sets: dict[str, Any]) -> None:
     """Rows repeated across items (a shared answer asked about the same stranger) are

@@ -16,7 +16,7 @@ import torch
 
 from tests.engine.support import demo_sets
 from workers.engine.attacks import RelearnConfig, relearn_attack, split_by_fact
-from workers.engine.baselines import counterfactuals, neighbours
+from workers.engine.baselines import alternatives, counterfactuals, neighbours
 from workers.engine.methods.builtin import NPOMethodConfig
 from workers.engine.metrics import score_examples
 from workers.engine.qa import Example, PromptTemplate, write_jsonl
@@ -385,7 +385,8 @@ def test_policy_round_trip_and_stronger() -> None:
     assert not math.isnan(s2["learning_rate"])
 
 
-def test_counterfactuals_ask_the_same_question_about_strangers() -> None:
+def _ann_lee_and_strangers() -> tuple[list[Example], list[Example]]:
+    """Two questions about an erased person, five about two never-seen people."""
     forget = [Example("Q: What does Ann Lee play?\\nA:", "cello", subject="Ann Lee",
                       question="What does Ann Lee play?"),
               Example("Q: Where was Ann Lee born?\\nA:", "Oslo", subject="Ann Lee",
@@ -394,6 +395,11 @@ def test_counterfactuals_ask_the_same_question_about_strangers() -> None:
         ("Where was Bo Ek born?", "Rome"), ("What does Bo Ek play?", "flute"),
         ("What does Cy Ode play?", "harp"), ("Where was Cy Ode born?", "Lima"),
         ("What is Cy Ode's job?", "baker"))]
+    return forget, holdout
+
+
+def test_counterfactuals_ask_the_same_question_about_strangers() -> None:
+    forget, holdout = _ann_lee_and_strangers()
     assert neighbours(forget, holdout, 2) == [[1, 2], [0, 3]]
     cf = counterfactuals(forget, holdout, 2)
     # a stranger's question, the erased person's answer
@@ -401,6 +407,22 @@ def test_counterfactuals_ask_the_same_question_about_strangers() -> None:
         ("What does Bo Ek play?", "cello"), ("What does Cy Ode play?", "cello"),
         ("Where was Bo Ek born?", "Oslo"), ("Where was Cy Ode born?", "Oslo")]
     assert neighbours(forget, holdout, 0) == [[], []] and counterfactuals(forget, [], 3) == []
+
+
+def test_alternatives_are_other_peoples_answers_to_the_same_question() -> None:
+    forget, holdout = _ann_lee_and_strangers()
+    # the erased person's question, strangers' answers
+    assert [(a.question, a.target) for a in alternatives(forget, holdout, 2)] == [
+        ("What does Ann Lee play?", "flute"), ("What does Ann Lee play?", "harp"),
+        ("Where was Ann Lee born?", "Rome"), ("Where was Ann Lee born?", "Lima")]
+    # among the strangers themselves: never the item's own answer, nor another answer
+    # about the same person (Bo Ek's other question shares his name, and is nearest)
+    own = alternatives(holdout, holdout, 1, same_pool=True)
+    assert [(a.question, a.target) for a in own] == [
+        ("Where was Bo Ek born?", "Lima"), ("What does Bo Ek play?", "harp"),
+        ("What does Cy Ode play?", "flute"), ("Where was Cy Ode born?", "Rome"),
+        ("What is Cy Ode's job?", "flute")]
+    assert alternatives(forget, [], 2) == [] and alternatives(forget, holdout, 0) == []
 
 
 def test_a_shared_answer_is_judged_against_strangers_given_the_same_answer() -> None:

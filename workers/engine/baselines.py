@@ -68,6 +68,38 @@ def _paired(forget: Sequence[Example], holdout: Sequence[Example],
             for ex, idx in zip(forget, near, strict=True) for i in idx]
 
 
+_NAME = re.compile(r"(?<!^)(?<![.?!] )\b[A-Z][\w'-]+")
+
+
+def _names(ex: Example) -> frozenset[str]:
+    """The capitalised words of an item's question past its first word: its names."""
+    return frozenset(_NAME.findall(ex.question or ex.prompt))
+
+
+def alternatives(items: Sequence[Example], pool: Sequence[Example], k: int,
+                 same_pool: bool = False) -> list[Example]:
+    """``k`` examples per item (in item order): the item's question with the answers of
+    the ``k`` ``pool`` items whose question is most like it — what other people answer to
+    the same kind of question, TOFU's perturbed answers without an editor. With
+    ``same_pool`` (``items`` is ``pool``), an item's own row and the rows whose
+    questions name the same people are passed over (one author's other answers name
+    that author, which the question makes likely)."""
+    if k <= 0 or not pool:
+        return []
+    if not same_pool:
+        return [dataclasses.replace(ex, target=pool[j].target)
+                for ex, idx in zip(items, neighbours(items, pool, k), strict=True)
+                for j in idx]
+    names = [_names(ex) for ex in pool]
+    ranked = neighbours(items, pool, len(pool))
+    out = []
+    for i, (ex, idx) in enumerate(zip(items, ranked, strict=True)):
+        others = [j for j in idx if j != i and not names[j] & names[i]] or \
+            [j for j in idx if j != i]
+        out.extend(dataclasses.replace(ex, target=pool[j].target) for j in others[:k])
+    return out
+
+
 def held_answers(known: torch.Tensor, counterfactual_known: torch.Tensor) -> torch.Tensor:
     """Per forget item, whether its answer is *held*: ``known`` (the model reproduces it
     word for word: every answer token the teacher-forced argmax) about this person, but

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +26,12 @@ from typing import Any
 
 import torch
 
-from workers.engine.baselines import counterfactuals, held_answers, stranger_level
+from workers.engine.baselines import (
+    alternatives,
+    counterfactuals,
+    held_answers,
+    stranger_level,
+)
 from workers.engine.methods import (
     BaseMethodConfig,
     Method,
@@ -58,6 +64,8 @@ from workers.engine.unlearn import (
     score_items,
 )
 from workers.engine.versions import sha256_file
+
+log = logging.getLogger(__name__)
 
 _REF_BATCH = 32  # items per no-grad reference forward pass
 # early stopping's target without a holdout set: a stranger's answers score about this
@@ -262,10 +270,27 @@ class MembershipProbe:
     def __init__(self, model: Any, tokenizer: Any, forget: Sequence[Example],
                  forget_rows: Sequence[TokenRow], holdout: Sequence[Example],
                  retain: Sequence[Example], max_length: int,
-                 paraphrase: Sequence[bool] | None = None) -> None:
+                 paraphrase: Sequence[bool] | None = None, score: str = "min_k") -> None:
         self.tokenizer, self.max_length = tokenizer, max_length
         self.forget_rows = list(forget_rows)
         self.holdout_rows = [tokenize(tokenizer, ex, max_length) for ex in holdout]
+        # the preference score's other answers: for each forget item and each never-seen
+        # person's item, the answers others give to the same kind of question
+        self.score = score
+        self.forget_alt_rows: list[TokenRow] = []
+        self.holdout_alt_rows: list[TokenRow] = []
+        if score == "preference":
+            self.forget_alt_rows = [tokenize(tokenizer, ex, max_length) for ex in
+                                    alternatives(forget, holdout, STOP_NEIGHBOURS)]
+            self.holdout_alt_rows = [tokenize(tokenizer, ex, max_length) for ex in
+                                     alternatives(holdout, holdout, STOP_NEIGHBOURS, True)]
+        # the never-seen people's Min-K% scores under the parent, for the debug log: the
+        # unlearning moves the strangers' own scores too (docs/benchmarks.md)
+        self.parent_holdout_min_k: list[float] | None = None
+        if log.isEnabledFor(logging.DEBUG):
+            parent = self._score(model, self.holdout_rows, True).min_k
+            assert parent is not None
+            self.parent_holdout_min_k = parent.tolist()
         cf = counterfactuals(forget, holdout, STOP_NEIGHBOURS)
         # the same answer asked about the same stranger recurs across items (shared
         # answers, shared neighbours: 314 distinct rows of 800 in a ten-person batch of
@@ -302,13 +327,50 @@ class MembershipProbe:
     def _score(self, model: Any, rows: Sequence[TokenRow], min_k: bool = False) -> ItemScores:
         return score_items(model, self.tokenizer, [], self.max_length, rows=rows, min_k=min_k)
 
-    def auc(self, model: Any, forget: ItemScores | None = None) -> float:
-        """Min-K% ROC AUC, forget items (members) against the never-seen people;
-        ``forget``: the forget items' scores under ``model`` when already measured."""
+    def aucs(self, model: Any, forget: ItemScores | None = None) -> dict[str, float]:
+        """ROC AUC of each membership score the probe's ``score`` reads, forget items
+        (members) against the never-seen people: "min_k", the Min-K% score;
+        "preference", an answer's mean log-likelihood minus the mean of the other
+        answers' (:func:`~workers.engine.baselines.alternatives`) to the same question;
+        "either": both. ``forget``: the forget items' scores under ``model`` when
+        already measured."""
         forget = forget if forget is not None else self._score(model, self.forget_rows, True)
         holdout = self._score(model, self.holdout_rows, True)
         assert forget.min_k is not None and holdout.min_k is not None
-        return roc_auc(forget.min_k.tolist(), holdout.min_k.tolist())
+        out = {}
+        min_k_auc = roc_auc(forget.min_k.tolist(), holdout.min_k.tolist())
+        if self.score in ("min_k", "either"):
+            out["min_k"] = min_k_auc
+        if self.score in ("preference", "either"):
+            out["preference"] = roc_auc(
+                self._preference(model, forget, self.forget_alt_rows).tolist(),
+                self._preference(model, holdout, self.holdout_alt_rows).tolist())
+        parent = self.parent_holdout_min_k
+        if parent is not None and log.isEnabledFor(logging.DEBUG):
+            log.debug("membership probe: preference AUC %s, Min-K%% AUC %.3f (%.3f against "
+                      "the parent's scores of the strangers); mean Min-K%% forget %.2f, "
+                      "strangers %.2f (parent %.2f)",
+                      f"{out['preference']:.3f}" if "preference" in out else "-", min_k_auc,
+                      roc_auc(forget.min_k.tolist(), parent), float(forget.min_k.mean()),
+                      float(holdout.min_k.mean()), sum(parent) / len(parent))
+        return out
+
+    def auc_bar(self, cfg: BaseMethodConfig, score: str) -> float:
+        """The AUC the rule asks of ``score``: ``cfg.stop_auc``; for the preference
+        score plus ``cfg.stop_auc_sigmas`` standard errors of the AUC of two samples of
+        these sizes from one population (Mann-Whitney: √((n₁ + n₀ + 1) / (12 n₁ n₀)))."""
+        if score != "preference":
+            return cfg.stop_auc
+        n1, n0 = len(self.forget_rows), len(self.holdout_rows)
+        return cfg.stop_auc + cfg.stop_auc_sigmas * math.sqrt((n1 + n0 + 1) / (12 * n1 * n0))
+
+    def _preference(self, model: Any, own: ItemScores, alt_rows: Sequence[TokenRow]
+                    ) -> torch.Tensor:
+        """Per item, its answer's mean log-likelihood (nats/token) minus the mean over
+        its other answers (``alt_rows``, :data:`STOP_NEIGHBOURS` per item)."""
+        alt = self._score(model, alt_rows)
+        alt_mean = (alt.logp / alt.count.clamp(min=1)).view(len(own.logp), -1).mean(-1)
+        return own.logp / own.count.clamp(min=1) - alt_mean
 
     def forgotten(self, model: Any, cfg: BaseMethodConfig) -> bool:
         """Whether the rule's forgetting test passes (:meth:`read`)."""
@@ -327,8 +389,11 @@ class MembershipProbe:
         is down, and the paraphrases' pooled baseline only when it can decide the test
         (the rest passes; until then its last level chooses the ``pending`` items)."""
         forget = self._score(model, self.forget_rows, min_k=True)
-        auc = self.auc(model, forget)
-        if auc > cfg.stop_auc:
+        aucs = self.aucs(model, forget)
+        passing = [name for name, value in aucs.items() if value <= self.auc_bar(cfg, name)]
+        # the reading's AUC: the first score that passes, else the lowest
+        auc = aucs[passing[0]] if passing else min(aucs.values())
+        if not passing:
             return ProbeReading(auc, None, False, None)
         cf = _gather(self._score(model, self.counterfactual_rows), self.counterfactual_of)
         held = held_answers(forget.known, cf.known)
@@ -356,6 +421,10 @@ class MembershipProbe:
             cf_known[self.paraphrase_items] = self.paraphrase_level[1]
             forgotten = forgotten and within(self.paraphrase_items)
         pending = held | (prob > cf_prob)
+        log.debug("membership probe: held %.3f, probability %.3g vs strangers' %.3g, "
+                  "reproduced %.3f vs %.3f; forgotten %s", float(held.float().mean()),
+                  float(prob.mean()), float(cf_prob.mean()), float(known.mean()),
+                  float(cf_known.mean()), forgotten)
         return ProbeReading(auc, held, forgotten, pending)
 
     def retain_kept(self, model: Any, ratio: float) -> bool:
@@ -457,7 +526,8 @@ def run_unlearning(
         probe = MembershipProbe(model, tokenizer, items, item_rows, holdout,
                                 retain_list, cfg.max_length,
                                 paraphrase=[(ex.prompt, ex.target) not in originals
-                                            for ex in items])
+                                            for ex in items],
+                                score=cfg.stop_score)
     targets = None if probe is not None else stop_targets(cfg, model, tokenizer, items,
                                                           holdout)
 
@@ -548,6 +618,8 @@ def run_unlearning(
             # and if the repair brought some of them back, forgetting resumes
             if probe is not None and check:
                 reading = probe.read(peft_model, cfg)
+                log.debug("step %d of %d: membership AUC %.3f, forgotten %s", step, total,
+                          reading.auc, reading.forgotten)
                 # once membership can no longer tell, while answers are still held,
                 # training goes on with the pending items alone (the held answers and
                 # those still above a stranger's level): the rest are at a stranger's

@@ -73,8 +73,22 @@ class BaseMethodConfig(BaseModel):
     people, and the share of answers the model reproduces (teacher-forced argmax) at
     most ``stop_accuracy_margin`` above theirs — the erased items and their paraphrases
     each on their own, a paraphrase against strangers asked in paraphrase, as the
-    verifier checks them (a mean over both hid paraphrases still answered). The margins
-    are half the verifier's: the people this rule sees are not the ones the verifier
+    verifier checks them (a mean over both hid paraphrases still answered).
+    ``stop_score`` "preference" replaces the Min-K% score in that AUC with how much the
+    model prefers each answer to the answers other people give to the same kind of
+    question (mean log-likelihood per token, minus the mean over the answers of the
+    four never-seen people whose questions are most alike; a never-seen person's item
+    against the other never-seen people's, never their own): a truth ratio whose
+    perturbed answers are other people's. Unlearning lowers every unfamiliar answer,
+    the never-seen people's too (on TOFU forget05 their mean Min-K% fell from −14.2 to
+    −20.9 nats in 44 steps), so the forget items can stay above them by Min-K% long
+    after the model stopped preferring their answers; a preference moves with both
+    sides. Its bar is ``stop_auc`` plus ``stop_auc_sigmas`` standard errors of the AUC
+    of two same-sized samples of one population, √((n₁ + n₀ + 1) / (12 n₁ n₀)): two
+    groups of people differ a little even to a model that never saw either (on TOFU
+    forget05 the retrained model scores 0.55, and the preference AUC levels off at
+    0.52–0.53). ``"either"`` passes when either score is at its bar. The counterfactual
+    bars' margins are half the verifier's: the people this rule sees are not the ones the verifier
     measures against (``qa.split_holdout``), and a candidate calibrated to the very edge
     of one sample of strangers' bars failed on the other sample in four of six people
     of the small demo model (two of six at the full margins, five of six at half;
@@ -147,6 +161,8 @@ class BaseMethodConfig(BaseModel):
     stop_ratio: float = Field(1.0, gt=0.0, le=1.0)
     stop_rule: Literal["likelihood", "membership"] = "likelihood"
     stop_auc: float = Field(0.5, gt=0.0, lt=1.0)
+    stop_auc_sigmas: float = Field(0.0, ge=0.0, le=5.0)
+    stop_score: Literal["min_k", "preference", "either"] = "min_k"
     stop_margin: float = Field(0.025, ge=0.0, lt=1.0)
     stop_accuracy_margin: float = Field(0.05, ge=0.0, lt=1.0)
     stop_held_share: float = Field(0.0, ge=0.0, le=1.0)
