@@ -208,6 +208,12 @@ def test_preference_score_is_not_fooled_by_strangers_falling_along(
                             score="preference")
     assert len(probe.forget_alt_rows) == 4 * len(items)
     assert len(probe.holdout_alt_rows) == 4 * len(sets["holdout"])
+    # "either" reads both scores, so it needs the same rows
+    both = MembershipProbe(model, tok, items, rows, sets["holdout"], [], 128, score="either")
+    assert both.forget_alt_rows == probe.forget_alt_rows
+    assert both.holdout_alt_rows == probe.holdout_alt_rows
+    assert set(both.aucs(model)) == {"min_k", "preference"}
+    assert both.aucs(model)["preference"] == probe.aucs(model)["preference"]
     # on the real rows: a float AUC, the parent prefers the erased people's answers
     cfg = NPOMethodConfig(stop_score="preference")
     assert probe.aucs(model)["preference"] > 0.9

@@ -279,11 +279,14 @@ class MembershipProbe:
         self.score = score
         self.forget_alt_rows: list[TokenRow] = []
         self.holdout_alt_rows: list[TokenRow] = []
-        if score == "preference":
+        if score in ("preference", "either"):
             self.forget_alt_rows = [tokenize(tokenizer, ex, max_length) for ex in
                                     alternatives(forget, holdout, STOP_NEIGHBOURS)]
             self.holdout_alt_rows = [tokenize(tokenizer, ex, max_length) for ex in
                                      alternatives(holdout, holdout, STOP_NEIGHBOURS, True)]
+            if not self.holdout_alt_rows:
+                raise ValueError("the preference score needs at least two never-seen "
+                                 "people's items")
         # the never-seen people's Min-K% scores under the parent, for the debug log: the
         # unlearning moves the strangers' own scores too (docs/benchmarks.md)
         self.parent_holdout_min_k: list[float] | None = None
