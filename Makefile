@@ -14,6 +14,7 @@ install: $(VENV)/.installed
 
 test: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy app workers
 	$(PY) -m pytest
 
 lint: install

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -79,7 +80,7 @@ class Settings(BaseSettings):
         for sub in ("models", "adapters", "keys"):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
 
-    def _dev_secret(self, name: str, make: callable) -> str:  # type: ignore[valid-type]
+    def _dev_secret(self, name: str, make: Callable[[], str]) -> str:
         """Development only: a secret generated once and kept in data_dir (mode 0600)."""
         if self.environment == "production":
             raise RuntimeError(f"LETHE_{name.upper()} must be set in production")

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.db.base import utcnow
 from app.db.models import IdempotencyKey
-from app.db.session import session_scope
+from app.db.session import rowcount, session_scope
 from app.services.errors import Conflict, InvalidInput
 
 TTL = timedelta(hours=24)
@@ -125,4 +125,4 @@ def run(
 def purge_expired() -> int:
     with session_scope() as session:
         res = session.execute(delete(IdempotencyKey).where(IdempotencyKey.expires_at < utcnow()))
-        return int(res.rowcount or 0)
+        return rowcount(res)

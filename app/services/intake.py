@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.db.base import new_id, utcnow
 from app.db.models import ErasureRequest, JobStatus, Model, RequestStatus, UnlearningJob
+from app.db.session import rowcount
 from app.observability import correlation_id
 from app.services import audit, privacy, scheduling
 from app.services.errors import Conflict, InvalidInput, LetheError, NotFound
@@ -190,7 +191,7 @@ def cancel_request(session: Session, tenant_id: str, request_id: str, actor: str
             )
             .values(heartbeat_at=utcnow())
         )
-        if touched.rowcount != 1:
+        if rowcount(touched) != 1:
             session.refresh(request)
             raise Conflict(
                 "the request's unlearning job has already started; it can no longer be "

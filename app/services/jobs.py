@@ -34,7 +34,7 @@ from app.db.models import (
     RequestStatus,
     UnlearningJob,
 )
-from app.db.session import session_scope
+from app.db.session import rowcount, session_scope
 from app.observability import STAGE_SECONDS, correlation_id
 from app.services import audit, dispatch, privacy, registry, scheduling, versions
 from app.settings import get_settings
@@ -120,7 +120,7 @@ def _claim(job_id: str, statuses: tuple[JobStatus, ...], becomes: JobStatus) -> 
                 started_at=job.started_at or now,
             )
         )
-        if res.rowcount != 1:
+        if rowcount(res) != 1:
             return None
         if job.status != becomes:
             _set_requests(session, job_id, RequestStatus(becomes.value))
@@ -152,7 +152,7 @@ def _transition(session: Session, claim: Claim, becomes: JobStatus, **values: An
         .where(UnlearningJob.id == claim.job_id, UnlearningJob.claim_token == claim.token)
         .values(status=becomes, claim_token=None, heartbeat_at=utcnow(), **values)
     )
-    if res.rowcount != 1:
+    if rowcount(res) != 1:
         raise ClaimLost(claim.job_id)
     audit.record(session, claim.tenant_id, f"job.{becomes.value}", "unlearning_job", claim.job_id)
 
@@ -799,7 +799,7 @@ def run_publish(job_id: str) -> None:
                     heartbeat_at=utcnow(),
                 )
             )
-            if res.rowcount != 1:
+            if rowcount(res) != 1:
                 return
             job = session.get(UnlearningJob, job_id)
             assert job is not None

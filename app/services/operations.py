@@ -16,6 +16,7 @@ from app.db.models import (
     RequestStatus,
     UnlearningJob,
 )
+from app.db.session import rowcount
 from app.services import audit, dispatch, scheduling
 from app.services.errors import Conflict, NotFound
 from app.services.jobs import STAGE_OF_STATUS
@@ -97,7 +98,7 @@ def cancel_job(session: Session, job: UnlearningJob, actor: str) -> UnlearningJo
             )
             .values(status=JobStatus.cancelled, finished_at=utcnow())
         )
-        if res.rowcount == 1:
+        if rowcount(res) == 1:
             for request in session.scalars(
                 select(ErasureRequest).where(ErasureRequest.job_id == job.id)
             ):

@@ -47,7 +47,7 @@ def _decode(cursor: str) -> tuple[Any, Any]:
 
 def paginate(
     session: Session,
-    stmt: Select[tuple[T]],
+    stmt: Select[T],
     sort: InstrumentedAttribute[Any],
     id_column: InstrumentedAttribute[Any],
     cursor: str | None,

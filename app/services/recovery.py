@@ -20,7 +20,7 @@ from app.db.models import (
     RequestStatus,
     UnlearningJob,
 )
-from app.db.session import session_scope
+from app.db.session import rowcount, session_scope
 from app.services import audit, dispatch, scheduling
 from app.services.jobs import STAGE_OF_STATUS
 from app.settings import get_settings
@@ -51,7 +51,7 @@ def requeue_stalled_jobs() -> int:
                 )
                 .values(claim_token=None, heartbeat_at=now)
             )
-            if res.rowcount != 1:
+            if rowcount(res) != 1:
                 continue
             stage = STAGE_OF_STATUS[JobStatus(job.status)]
             audit.record(

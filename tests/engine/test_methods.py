@@ -208,8 +208,8 @@ def test_answer_logits_are_the_full_forward_at_answer_positions(
 
     model, tok = load_version(demo_model_dir)
     if not keep:
-        monkeypatch.setattr(qa, "_keeps_logits", lambda cls: False)
-    assert qa._keeps_logits(type(model)) is keep  # transformers' Llama takes logits_to_keep
+        monkeypatch.setattr(qa, "_keeps_logits", lambda forward: False)
+    assert qa._keeps_logits(type(model).forward) is keep  # transformers' Llama takes logits_to_keep
     # rows of different prompt and answer lengths, so the kept positions are a union
     rows = [sets["forget"][0], sets["retain"][3], sets["holdout"][7]]
     batch = qa.encode(tok, rows)

@@ -92,7 +92,7 @@ def alternatives(items: Sequence[Example], pool: Sequence[Example], k: int,
                 for j in idx]
     names = [_names(ex) for ex in pool]
     ranked = neighbours(items, pool, len(pool))
-    out = []
+    out: list[Example] = []
     for i, (ex, idx) in enumerate(zip(items, ranked, strict=True)):
         others = [j for j in idx if j != i and not names[j] & names[i]] or \
             [j for j in idx if j != i]

@@ -13,7 +13,7 @@ import hashlib
 import inspect
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -229,10 +229,11 @@ class AnswerLogits:
 
 
 @cache
-def _keeps_logits(model_class: type) -> bool:
-    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs do)."""
+def _keeps_logits(forward: Callable[..., Any]) -> bool:
+    """Whether a model class's ``forward`` takes ``logits_to_keep`` (transformers' causal
+    LMs do)."""
     try:
-        return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+        return "logits_to_keep" in inspect.signature(forward).parameters
     except (TypeError, ValueError):
         return False
 
@@ -249,7 +250,7 @@ def answer_logits(model: Any, batch: dict[str, torch.Tensor],
     positions = mask.any(0).nonzero().squeeze(-1)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     kwargs: dict[str, Any] = {"output_hidden_states": True} if hidden else {}
-    if _keeps_logits(type(base)):
+    if _keeps_logits(type(base).forward):
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                     logits_to_keep=positions, **kwargs)
         logits = out.logits

@@ -293,7 +293,7 @@ def _train_model(rows: Sequence[dict[str, Any]], tokenizer: Any, template: Promp
     if cache is not None and (cache / "seconds.json").exists():
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(str(cache)).to(device)
+        model = AutoModelForCausalLM.from_pretrained(str(cache)).to(device)  # type: ignore[arg-type]
         return model, float(json.loads((cache / "seconds.json").read_text())["seconds"])
     torch.manual_seed(seed)
     model = make_model(recipe, tokenizer).to(device)

@@ -538,7 +538,7 @@ def run_unlearning(
     torch.manual_seed(cfg.seed)  # LoRA A's initialisation draws from the global RNG
     lora = LoraConfig(
         r=cfg.lora_rank,
-        lora_alpha=cfg.lora_alpha,
+        lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]  # typed int; used as alpha / r
         lora_dropout=cfg.lora_dropout,
         target_modules=cfg.target_modules,
         layers_to_transform=method.adapter_layers(n_layers) if n_layers else None,
@@ -691,7 +691,7 @@ def run_unlearning(
         model.eval()
         raise
     if cfg.gradient_checkpointing and device.type == "cuda":
-        peft_model.base_model.model.gradient_checkpointing_disable()
+        model.gradient_checkpointing_disable()  # the model peft wrapped, LoRA layers and all
 
     return UnlearnResult(
         adapter_dir=str(out),

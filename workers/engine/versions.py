@@ -66,7 +66,7 @@ def load_version(
     dt = resolve_dtype(dev, dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(base_path))
     model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=dt)
-    model.to(dev)
+    model.to(dev)  # type: ignore[arg-type]  # transformers types the wrapped .to oddly
     if adapter_paths:
         from peft import PeftModel
 

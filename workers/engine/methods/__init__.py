@@ -52,10 +52,14 @@ for _method in BUILTIN_METHODS:
 
 METHOD_NAMES: tuple[str, ...] = tuple(REGISTRY)
 
-MethodConfig = Annotated[
-    Union[tuple(cfg for cfg, _ in REGISTRY.values())],  # type: ignore[valid-type]  # noqa: UP007
-    Field(discriminator="method"),
-]
+if typing.TYPE_CHECKING:
+    # a union built at run time is no type a checker can read; to it, any config is one
+    MethodConfig = BaseMethodConfig
+else:
+    MethodConfig = Annotated[
+        Union[tuple(cfg for cfg, _ in REGISTRY.values())],  # noqa: UP007
+        Field(discriminator="method"),
+    ]
 """Any method's config, discriminated by ``method``."""
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(MethodConfig)

@@ -51,6 +51,7 @@ class GradAscentConfig(BaseMethodConfig):
 class GradAscent(Method):
     name = "grad_ascent"
     config_class = GradAscentConfig
+    config: GradAscentConfig
     uses_retain = False
 
     def loss(self, inputs: StepInputs) -> torch.Tensor:
@@ -70,6 +71,7 @@ class GradDiffConfig(BaseMethodConfig):
 class GradDiff(Method):
     name = "grad_diff"
     config_class = GradDiffConfig
+    config: GradDiffConfig
 
     def loss(self, inputs: StepInputs) -> torch.Tensor:
         cfg = self.config
@@ -159,6 +161,7 @@ NPO_SEQUENCE_BETA = 0.1
 class NPO(Method):
     name = "npo"
     config_class = NPOMethodConfig
+    config: NPOMethodConfig
     needs = frozenset({"forget_logp", "forget_token_logp"})
 
     def loss(self, inputs: StepInputs) -> torch.Tensor:
@@ -216,6 +219,7 @@ class SimNPOConfig(BaseMethodConfig):
 class SimNPO(Method):
     name = "simnpo"
     config_class = SimNPOConfig
+    config: SimNPOConfig
 
     def loss(self, inputs: StepInputs) -> torch.Tensor:
         cfg = self.config
@@ -238,6 +242,7 @@ class IdkDPOConfig(BaseMethodConfig):
 class IdkDPO(Method):
     name = "idk_dpo"
     config_class = IdkDPOConfig
+    config: IdkDPOConfig
     needs = frozenset({"forget_logp", "alt_logp"})
 
     def alternative_answer(self, index: int) -> str | None:
@@ -279,6 +284,7 @@ class RMUConfig(BaseMethodConfig):
 class RMU(Method):
     name = "rmu"
     config_class = RMUConfig
+    config: RMUConfig
 
     def __init__(self, config: BaseMethodConfig) -> None:
         super().__init__(config)
@@ -339,6 +345,7 @@ class UNDIALConfig(BaseMethodConfig):
 class UNDIAL(Method):
     name = "undial"
     config_class = UNDIALConfig
+    config: UNDIALConfig
     needs = frozenset({"forget_logits"})
 
     def loss(self, inputs: StepInputs) -> torch.Tensor:
@@ -374,6 +381,7 @@ class TaskVectorConfig(BaseMethodConfig):
 class TaskVector(Method):
     name = "task_vector"
     config_class = TaskVectorConfig
+    config: TaskVectorConfig
     uses_retain = False
     negate_adapter = True
 
