@@ -87,7 +87,10 @@ class BaseMethodConfig(BaseModel):
     of two same-sized samples of one population, √((n₁ + n₀ + 1) / (12 n₁ n₀)): two
     groups of people differ a little even to a model that never saw either (on TOFU
     forget05 the retrained model scores 0.55, and the preference AUC levels off at
-    0.52–0.53). ``"either"`` passes when either score is at its bar. The counterfactual
+    0.52–0.53). ``"either"`` passes when either score is at its bar; its calibration
+    then follows whichever test passes at the lower strength, mostly Min-K%'s edge,
+    where the preference AUC is back at 0.91–0.93 (TOFU forget05: the target met on one
+    model pair of five; docs/benchmarks.md). Both stay off by default. The counterfactual
     bars' margins are half the verifier's: the people this rule sees are not the ones the verifier
     measures against (``qa.split_holdout``), and a candidate calibrated to the very edge
     of one sample of strangers' bars failed on the other sample in four of six people
