@@ -515,3 +515,32 @@ def test_membership_rule_trains_on_the_pending_items_alone(
                             holdout=sets["holdout"])
     assert result.n_forget == n_items and result.stopped_early and result.steps == 3
     assert trained == [list(range(n_items)), [2, 5, 11], list(range(n_items))]
+
+
+def test_settle_passes_train_on_past_the_rule_and_skip_calibration(
+        demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Met at the first check (a pass per step): two settling passes follow, the run
+    stops at the check after them that meets the rule, and the adapter is kept at full
+    strength; without settling the same run stops at once and is scaled back."""
+    settled, losses = _run_with_checks(demo_model_dir, sets, tmp_path / "settled",
+                                       monkeypatch, forgotten=[], kept=[], settle_passes=2)
+    assert settled.stopped_early and settled.steps == 3 and len(losses) == 3
+    assert min(losses) > 2.0  # the forget term stays on while settling
+    assert settled.adapter_scale == 1.0
+    plain, _ = _run_with_checks(demo_model_dir, sets, tmp_path / "plain", monkeypatch,
+                                forgotten=[], kept=[])
+    assert plain.steps == 1 and plain.adapter_scale < 1.0
+
+
+def test_settling_still_repairs_the_retain_set(
+        demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Met at check 1 (settling for one pass starts); the retain set is damaged at
+    checks 2 and 3, so steps 3 and 4 repair it; check 4 finds it back and the rule met,
+    with settling over: stop."""
+    result, losses = _run_with_checks(demo_model_dir, sets, tmp_path, monkeypatch,
+                                      forgotten=[], kept=[True, False, False, True],
+                                      settle_passes=1)
+    assert result.stopped_early and result.steps == 4
+    assert losses[0] > 2.0 and losses[1] > 2.0 and losses[2] < 0.5 and losses[3] < 0.5

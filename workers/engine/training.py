@@ -580,6 +580,7 @@ def run_unlearning(
     step = 0
     stopped_early = False
     repairing = False  # membership rule: the forget term is off until the retain set is back
+    settle_end: int | None = None  # membership rule met: the step settling runs to
     scores = None
     held: torch.Tensor | None = None
     try:
@@ -636,17 +637,22 @@ def run_unlearning(
                             else all_items)
                 if now_pool != pool:
                     pool, forget_order = now_pool, cycle_indices(len(now_pool), gen)
+                done = False
                 if repairing:
                     if probe.retain_kept(peft_model, cfg.repair_ratio):
-                        if reading.forgotten:
-                            stopped_early = True
-                            break
+                        done = reading.forgotten
                         repairing = False
                 elif reading.forgotten:
-                    if probe.retain_kept(peft_model, cfg.repair_ratio):
-                        stopped_early = True
-                        break
-                    repairing = True
+                    done = probe.retain_kept(peft_model, cfg.repair_ratio)
+                    repairing = not done
+                if done and settle_end is None and cfg.settle_passes:
+                    # met: train on past the transition the rule stops in (see
+                    # ``settle_passes``), then stop at the first check that meets it again
+                    settle_end = step + cfg.settle_passes * steps_per_epoch
+                    log.debug("step %d: rule met, settling until step %d", step, settle_end)
+                elif done and (settle_end is None or step >= settle_end):
+                    stopped_early = True
+                    break
             if targets is not None and check:
                 # an item is forgotten once its answer is no more likely than the same
                 # answer about a stranger; more steps would only make it stand out and
@@ -661,7 +667,7 @@ def run_unlearning(
             _scale_lora(peft_model, -float(getattr(cfg, "negation_scale", 1.0)))
         peft_model.eval()
         scale = 1.0
-        if stopped_early and probe is not None:
+        if stopped_early and probe is not None and not cfg.settle_passes:
             scale = _calibrate(peft_model,
                                lambda: probe.forgotten(peft_model, cfg))
             if cfg.calibration_margin and scale < 1.0:

@@ -120,6 +120,13 @@ class BaseMethodConfig(BaseModel):
     towards the trained adapter (0: the least strength itself). The rule was met
     against one sample of strangers; the verifier measures against another, and a
     candidate at the very edge of the first misses the second as often as not.
+    ``settle_passes`` (membership rule, default 0) instead trains on for that many passes
+    once the rule is first met (the retain set repaired as before), stops at the next
+    check that meets it, and keeps the adapter at full strength: the rule is met in the
+    middle of a fast transition, where the forget loss is still falling steeply and the
+    truth ratios of the erased answers are spread wide (TOFU forget05, one model pair:
+    forget quality 1e-8 at step 48, 0.87 at step 72, 0.27–0.33 from step 96 on with the
+    loss flat; scaled back into the transition, 6e-4), and settling leaves it.
 
     Context noise (``context_noise``, a share in [0, 1)): each step, that share of the
     forget answers' *input* tokens is replaced by random vocabulary tokens while every
@@ -169,6 +176,7 @@ class BaseMethodConfig(BaseModel):
     stop_margin: float = Field(0.025, ge=0.0, lt=1.0)
     stop_accuracy_margin: float = Field(0.05, ge=0.0, lt=1.0)
     stop_held_share: float = Field(0.0, ge=0.0, le=1.0)
+    settle_passes: int = Field(0, ge=0)
     repair_ratio: float = Field(0.98, ge=0.0, le=1.0)
     calibration_margin: float = Field(0.0, ge=0.0, le=1.0)
     context_noise: float = Field(0.0, ge=0.0, lt=1.0)
