@@ -44,6 +44,7 @@ from typing import Any
 import torch
 
 from workers.engine.demo_model import Recipe, default_threads, make_model, train, train_tokenizer
+from workers.engine.metrics import roc_auc
 from workers.engine.qa import (
     DEFAULT_TEMPLATE,
     Example,
@@ -185,17 +186,6 @@ def min_k_scores(token_logps: Sequence[torch.Tensor], k: float = MIN_K) -> torch
                         for t in token_logps])
 
 
-def roc_auc(members: torch.Tensor, non_members: torch.Tensor) -> float:
-    """ROC AUC of "score is higher for members" (Mann–Whitney U / (n·m), ties count ½)."""
-    from scipy.stats import rankdata
-
-    scores = torch.cat([members, non_members]).double().numpy()
-    ranks = rankdata(scores)
-    n, m = len(members), len(non_members)
-    u = ranks[:n].sum() - n * (n + 1) / 2
-    return float(u / (n * m))
-
-
 def privleak(auc_unlearned: float, auc_reference: float) -> float:
     """MUSE's PrivLeak in percent: the unlearned model's MIA AUC relative to the
     retrained reference's (0: the same; negative: over-unlearned)."""
@@ -276,7 +266,7 @@ def score_model(model: Any, tokenizer: Any, sets: TofuSets,
         forget_probability=forget_p,
         forget_rouge_l=forget_rouge,
         forget_truth_ratio=forget_tr,
-        mia_auc=roc_auc(members, non_members),
+        mia_auc=roc_auc(members.tolist(), non_members.tolist()),
         option_probability=options,
     ), fr
 
