@@ -126,7 +126,9 @@ class BaseMethodConfig(BaseModel):
     middle of a fast transition, where the forget loss is still falling steeply and the
     truth ratios of the erased answers are spread wide (TOFU forget05, one model pair:
     forget quality 1e-8 at step 48, 0.87 at step 72, 0.27–0.33 from step 96 on with the
-    loss flat; scaled back into the transition, 6e-4), and settling leaves it.
+    loss flat; scaled back into the transition, 6e-4), and settling leaves it. Off by
+    default: on another pair the stop already fell in that window, and settling
+    overshot it (0.27 to 3e-5; docs/benchmarks.md).
 
     Context noise (``context_noise``, a share in [0, 1)): each step, that share of the
     forget answers' *input* tokens is replaced by random vocabulary tokens while every
