@@ -5,12 +5,28 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
-from workers.engine.methods import MethodConfig
+from workers.engine.methods import BaseMethodConfig, MethodConfig
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,99}$")]
 NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=20_000)]
+
+
+def _no_inert_settings(config: BaseMethodConfig | None) -> BaseMethodConfig | None:
+    """Refuse a method config that sets something the stopping rule in force ignores
+    (:meth:`BaseMethodConfig.inert_settings`): accepted, it would look in use and not be."""
+    problems = config.inert_settings() if config is not None else []
+    if problems:
+        raise ValueError("; ".join(problems))
+    return config
 
 
 class ModelCreate(BaseModel):
@@ -35,6 +51,8 @@ class ModelCreate(BaseModel):
         description="the model's default unlearning method and settings (LoRA included); "
         "omitted: Lethe's tuned NPO + retain NLL",
     )
+
+    _unlearning_acts = field_validator("unlearning")(_no_inert_settings)
     verification_policy: dict[str, Any] | None = Field(
         default=None,
         description="overrides of the verifier's default thresholds (see GET "
@@ -149,6 +167,8 @@ class ErasureRequestCreate(BaseModel):
         description="method and settings for this request (default: the model's); "
         "requests are batched only with others that use the same",
     )
+
+    _unlearning_acts = field_validator("unlearning")(_no_inert_settings)
 
 
 RequestStatusName = Literal[

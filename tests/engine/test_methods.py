@@ -28,6 +28,7 @@ from workers.engine.methods.builtin import NPOMethodConfig, npo_token_loss, unli
 from workers.engine.qa import collate, encode, pad_id, tokenize
 from workers.engine.training import noise_context, noise_vocabulary, run_unlearning
 from workers.engine.unlearn import ADAPTER_WEIGHTS, Cancelled, UnlearnResult, score_items
+from workers.engine.verifier import stronger
 from workers.engine.versions import load_version
 
 # Short runs: a dozen steps at rates that move the tiny model that fast. SimNPO's
@@ -544,3 +545,29 @@ def test_settling_still_repairs_the_retain_set(
                                       settle_passes=1)
     assert result.stopped_early and result.steps == 4
     assert losses[0] > 2.0 and losses[1] > 2.0 and losses[2] < 0.5 and losses[3] < 0.5
+
+
+def test_inert_settings_name_what_the_stopping_rule_ignores():
+    # given with a non-default value and read by no rule in force: reported, with why
+    cfg = parse_method_config({"method": "npo", "stop_rule": "likelihood",
+                               "calibration_margin": 0.5, "stop_score": "preference"})
+    assert cfg.inert_settings() == [
+        "stop_score has no effect under stop_rule 'likelihood' (it belongs to the "
+        "'membership' rule)",
+        "calibration_margin has no effect under stop_rule 'likelihood' (it belongs to the "
+        "'membership' rule)",
+    ]
+    off = parse_method_config({"method": "grad_diff", "stop_probability": 0.1})
+    assert off.inert_settings() == ["stop_probability has no effect while early_stop is false"]
+    assert parse_method_config({"method": "npo", "stop_auc_sigmas": 1.0}).inert_settings()
+    assert parse_method_config({"method": "npo", "settle_passes": 2,
+                                "calibration_margin": 0.1}).inert_settings()
+    # settings that act, and a method's own defaults, are never reported: a retry that
+    # switches NPO to the likelihood rule keeps NPO's default calibration margin
+    for data in ({"method": "npo"},
+                 {"method": "npo", "stop_score": "preference", "stop_auc_sigmas": 1.0},
+                 {"method": "npo", "stop_rule": "likelihood", "stop_ratio": 0.5},
+                 {"method": "grad_diff", "early_stop": True, "stop_probability": 0.1},
+                 {**default_config("npo").model_dump(), "stop_rule": "likelihood"},
+                 stronger(default_config("npo").model_dump(), 1)):
+        assert parse_method_config(data).inert_settings() == [], data

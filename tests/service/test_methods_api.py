@@ -59,6 +59,30 @@ def test_bad_method_settings_are_refused_at_the_door(client, model):
     assert "discriminator" in str(schema)  # the union is documented as such
 
 
+def test_settings_the_stopping_rule_ignores_are_refused_with_the_reason(client, model):
+    body = {"model": model, "subject_id": "s", "forget": [{"question": "q?", "answer": "a"}]}
+    resp = client.post("/v1/erasure-requests", headers=auth(), json={
+        **body, "unlearning": {"method": "npo", "stop_rule": "likelihood",
+                               "calibration_margin": 0.5}})
+    assert resp.status_code == 422
+    assert resp.headers["content-type"] == "application/problem+json"
+    detail = resp.json()["detail"]
+    assert "calibration_margin has no effect under stop_rule 'likelihood'" in detail
+    resp = client.post("/v1/models", headers=auth(), json={
+        "name": "inert", "path": "/nowhere", "retain_path": "r", "holdout_path": "h",
+        "unlearning": {"method": "grad_ascent", "stop_ratio": 0.5}})
+    assert resp.status_code == 422
+    assert "stop_ratio has no effect while early_stop is false" in resp.json()["detail"]
+    # the model's settings as read back, switched to the likelihood rule, still pass
+    config = client.get(f"/v1/models/{model}", headers=auth()).json()["unlearning"]
+    resp = client.post("/v1/erasure-requests", headers=auth(), json={
+        **body, "subject_id": "inert-roundtrip",
+        "unlearning": {**config, "stop_rule": "likelihood"}})
+    assert resp.status_code == 202, resp.text
+    cancelled = client.delete(f"/v1/erasure-requests/{resp.json()['id']}", headers=auth())
+    assert cancelled.status_code in (200, 409)  # 409: a worker took it up first
+
+
 @pytest.mark.parametrize("method", sorted(METHOD_NAMES))
 def test_each_method_runs_through_the_pipeline(client, model, demo_model_dir, method):
     rows = load_jsonl(demo_model_dir / "data" / "train.jsonl")

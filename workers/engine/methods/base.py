@@ -128,7 +128,9 @@ class BaseMethodConfig(BaseModel):
     forget quality 1e-8 at step 48, 0.87 at step 72, 0.27–0.33 from step 96 on with the
     loss flat; scaled back into the transition, 6e-4), and settling leaves it. Off by
     default: on another pair the stop already fell in that window, and settling
-    overshot it (0.27 to 3e-5; docs/benchmarks.md).
+    overshot it (0.27 to 3e-5; docs/benchmarks.md). The API refuses a request that sets
+    one of these rules' settings where the rule in force ignores it
+    (:meth:`inert_settings`).
 
     Context noise (``context_noise``, a share in [0, 1)): each step, that share of the
     forget answers' *input* tokens is replaced by random vocabulary tokens while every
@@ -185,6 +187,46 @@ class BaseMethodConfig(BaseModel):
     retain_hard_share: float = Field(0.0, ge=0.0, le=1.0)
     retain_hard_nll: float = Field(0.1, ge=0.0)
     seed: int = 0
+
+    def inert_settings(self) -> list[str]:
+        """Why each setting given explicitly (``model_fields_set``) with a value other
+        than the method's default would have no effect under the early-stopping settings
+        in force, one sentence per setting; empty when every one given acts. A method's
+        own defaults are never reported: NPO's ``calibration_margin`` stays harmless when
+        a caller, or a verification retry, switches to the likelihood rule, and a full
+        config read back from the API can be sent again as it is. What the API refuses
+        at the door, so a caller does not believe a setting is in use."""
+        fields = type(self).model_fields
+        given = {name for name in self.model_fields_set
+                 if getattr(self, name) != fields[name].default}
+        out: list[str] = []
+
+        def inert(names: tuple[str, ...], why: str) -> None:
+            out.extend(f"{name} has no effect {why}" for name in names if name in given)
+
+        if not self.early_stop:
+            inert(_STOP_SETTINGS, "while early_stop is false")
+            return out
+        if self.stop_rule != "membership":
+            inert(_MEMBERSHIP_SETTINGS, f"under stop_rule '{self.stop_rule}' "
+                  "(it belongs to the 'membership' rule)")
+            return out
+        if self.stop_score == "min_k":
+            inert(("stop_auc_sigmas",), "with stop_score 'min_k' (it widens the "
+                  "preference score's bar)")
+        if self.settle_passes:
+            inert(("calibration_margin",), "when settle_passes is set (settling keeps "
+                  "the adapter at full strength)")
+        return out
+
+
+# settings read only by the membership stopping rule (workers.engine.training)
+_MEMBERSHIP_SETTINGS = ("stop_auc", "stop_auc_sigmas", "stop_score", "stop_margin",
+                        "stop_accuracy_margin", "stop_held_share", "settle_passes",
+                        "repair_ratio", "calibration_margin")
+# settings read only when early stopping is on (either rule)
+_STOP_SETTINGS = ("stop_probability", "stop_check_every", "stop_ratio", "stop_rule",
+                  *_MEMBERSHIP_SETTINGS)
 
 
 @dataclass
