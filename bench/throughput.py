@@ -42,7 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from workers.engine.demo_model import RECIPES, default_threads, make_model, train_tokenizer  # noqa: E402
+from workers.engine.demo_model import (  # noqa: E402
+    RECIPES,
+    default_threads,
+    make_model,
+    runtime_environment,
+    train_tokenizer,
+)
 from workers.engine.qa import Example  # noqa: E402
 from workers.engine.training import run_unlearning  # noqa: E402
 
@@ -135,6 +141,7 @@ def measure(size: str, model: Any, tok: Any, forget: list[Example], retain: list
         "seq_len": seq_len, "gradient_checkpointing": gradient_checkpointing,
         "tokens_per_step": per_step, "seconds_per_step": step_s,
         "tokens_per_second": per_step / step_s, "threads": torch.get_num_threads(),
+        **runtime_environment(),
     }
     if cuda:
         out["device_name"] = torch.cuda.get_device_name(device)

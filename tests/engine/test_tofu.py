@@ -112,6 +112,9 @@ def test_run_tofu_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
     # one seed for the models and the unlearning
     assert report["seed"] == 3 and report["by_method"]["npo"]["method_config"]["seed"] == 3
     assert report["tokenizer_text"] == "retain"
+    # what else the trained models' numerics depend on, so runs on two machines compare
+    assert report["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert report["versions"]["torch"] == torch.__version__
 
 
 @needs_data

@@ -130,6 +130,22 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def runtime_environment() -> dict[str, Any]:
+    """What a trained model's numerics depend on besides the seed and the thread count,
+    for benchmark reports: the library versions, and the instruction set torch's CPU
+    kernels run with (AVX2 and AVX-512 round differently, so the same seed trained on
+    another CPU gives another model)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    libs: dict[str, str | None] = {}
+    for name in ("torch", "transformers", "peft", "tokenizers"):
+        try:
+            libs[name] = version(name)
+        except PackageNotFoundError:
+            libs[name] = None
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "versions": libs}
+
+
 def default_threads() -> int:
     """Torch threads for a build: every core but one, at least one.
 

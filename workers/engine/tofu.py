@@ -43,7 +43,14 @@ from typing import Any
 
 import torch
 
-from workers.engine.demo_model import Recipe, default_threads, make_model, train, train_tokenizer
+from workers.engine.demo_model import (
+    Recipe,
+    default_threads,
+    make_model,
+    runtime_environment,
+    train,
+    train_tokenizer,
+)
 from workers.engine.metrics import roc_auc
 from workers.engine.qa import (
     DEFAULT_TEMPLATE,
@@ -489,6 +496,7 @@ def run_tofu(
                             else "cpu"),
             "recipe": asdict(recipe),
             "torch_threads": torch.get_num_threads(),
+            **runtime_environment(),
             "total_seconds": time.perf_counter() - started,
         }
     finally:
