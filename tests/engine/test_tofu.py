@@ -137,5 +137,9 @@ def test_run_tofu_cache_reuses_trained_models(monkeypatch: pytest.MonkeyPatch,
     assert second["original_seconds"] == first["original_seconds"]
     assert second["scores"]["original"] == first["scores"]["original"]
     assert second["scores"]["reference"] == first["scores"]["reference"]
+    # the digests name the weights: the same models loaded back, two different models
+    assert second["original_sha256"] == first["original_sha256"]
+    assert second["reference_sha256"] == first["reference_sha256"]
+    assert first["original_sha256"] != first["reference_sha256"]
     # one entry per authors, recipe and seed (the key is what the models depend on)
     assert len(list(tmp_path.iterdir())) == 1

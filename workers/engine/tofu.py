@@ -281,6 +281,21 @@ def score_model(model: Any, tokenizer: Any, sets: TofuSets,
 # ------------------------------------------------------------------ the benchmark
 
 
+def weights_digest(model: Any) -> str:
+    """SHA-256 of a model's parameters and buffers (names, dtypes, shapes and bytes, in
+    name order): which model a report scored, exactly. Unlike the original's forget
+    quality, a KS p-value that takes one value per step of 1/n in the statistic and so
+    is shared by different models, two digests agree only for the same weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def _train_model(rows: Sequence[dict[str, Any]], tokenizer: Any, template: PromptTemplate,
                  recipe: Recipe, seed: int, cache: Path | None = None,
                  device: str = "cpu") -> tuple[Any, float]:
@@ -481,6 +496,8 @@ def run_tofu(
             "unlearn_seconds": first["unlearn_seconds"],
             "retrain_seconds": retrain_seconds,
             "original_seconds": original_seconds,
+            "original_sha256": weights_digest(original),
+            "reference_sha256": weights_digest(reference),
             "unlearn_steps": first["unlearn_steps"],
             "utility_sets": ["retain"],
             "utility_note": "model utility = harmonic mean of retain probability, ROUGE-L "
