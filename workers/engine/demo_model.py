@@ -132,9 +132,10 @@ def cpu_cores() -> int:
 
 def runtime_environment() -> dict[str, Any]:
     """What a trained model's numerics depend on besides the seed and the thread count,
-    for benchmark reports: the library versions, and the instruction set torch's CPU
-    kernels run with (AVX2 and AVX-512 round differently, so the same seed trained on
-    another CPU gives another model)."""
+    for benchmark reports: the library versions, the CPU, the instruction set torch's
+    own CPU kernels run with and whether MKL's is pinned (different kernels round
+    differently, so the same seed trained on another CPU gives another model;
+    docs/benchmarks.md, "The same seed on another machine trains other models")."""
     from importlib.metadata import PackageNotFoundError, version
 
     libs: dict[str, str | None] = {}
@@ -143,7 +144,22 @@ def runtime_environment() -> dict[str, Any]:
             libs[name] = version(name)
         except PackageNotFoundError:
             libs[name] = None
-    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "versions": libs}
+    return {"cpu": _cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            # MKL's code path (its matrix products): chosen by CPU unless this pins it
+            "mkl_cbwr": os.environ.get("MKL_CBWR"), "versions": libs}
+
+
+def _cpu_name() -> str:
+    """The CPU's model name as Linux reports it, else what Python's platform says."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def default_threads() -> int:
