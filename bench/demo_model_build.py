@@ -23,13 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-
 from workers.engine.demo_model import (  # noqa: E402
     RECIPES,
     build_demo_model,
     cpu_cores,
     default_threads,
+    runtime_environment,
 )
 
 
@@ -78,9 +77,8 @@ def main() -> None:
     machine = {
         "cpu_cores": cpu_cores(),
         "torch_threads_default": default_threads(),
-        "processor": platform.processor() or platform.machine(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        **runtime_environment(),
     }
     print(json.dumps({"machine": machine, "builds": results}, indent=2))
 

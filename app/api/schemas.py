@@ -51,13 +51,13 @@ class ModelCreate(BaseModel):
         description="the model's default unlearning method and settings (LoRA included); "
         "omitted: Lethe's tuned NPO + retain NLL",
     )
-
-    _unlearning_acts = field_validator("unlearning")(_no_inert_settings)
     verification_policy: dict[str, Any] | None = Field(
         default=None,
         description="overrides of the verifier's default thresholds (see GET "
         "/v1/models/{name}/policy for every field); stored as policy revision 1",
     )
+
+    _unlearning_acts = field_validator("unlearning")(_no_inert_settings)
 
 
 class PolicyOut(BaseModel):
