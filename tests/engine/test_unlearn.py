@@ -278,6 +278,27 @@ def test_membership_probe_scores_each_counterfactual_row_once(
     assert reading.held.tolist() == (score_items(model, tok, twice, 128).known & ~known).tolist()
 
 
+def test_score_items_answers_in_the_order_given(demo_model_dir: Path,
+                                               sets: dict[str, Any]) -> None:
+    """Batches are cut from the rows sorted by length; the scores come back in the
+    caller's order, each the item's own (as scored alone, without padding)."""
+    model, tok = load_version(demo_model_dir)
+    items = [*sets["forget"], *sets["holdout"]]
+    # longest first and shortest last, so that sorting moves every row
+    items.sort(key=lambda ex: -len(tokenize(tok, ex, 128)[1]))
+    assert len({len(tokenize(tok, ex, 128)[1]) for ex in items}) > 1
+    batched = score_items(model, tok, items, 128, batch_size=4, min_k=True)
+    alone = [score_items(model, tok, [ex], 128, batch_size=1, min_k=True) for ex in items]
+    assert batched.count.tolist() == [int(a.count[0]) for a in alone]
+    assert batched.known.tolist() == [bool(a.known[0]) for a in alone]
+    assert torch.allclose(batched.logp, torch.cat([a.logp for a in alone]), atol=1e-4)
+    assert batched.min_k is not None
+    assert torch.allclose(batched.min_k, torch.cat([a.min_k for a in alone if a.min_k is not None]),
+                          atol=1e-4)
+    empty = score_items(model, tok, [], 128, min_k=True)
+    assert empty.logp.numel() == 0 and empty.min_k is not None and empty.min_k.numel() == 0
+
+
 def test_likelihood_rule_stops_every_item_at_its_stranger_level(
         demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path) -> None:
     model, tok = load_version(demo_model_dir)

