@@ -199,9 +199,8 @@ def score_items(
     if not logps:
         empty = torch.zeros(0)
         return ItemScores(empty, empty.long(), empty.bool(), torch.zeros(0) if min_k else None)
-    # back to the given order: position k of the sorted scores is row order[k]
-    given = torch.empty(len(order), dtype=torch.long)
-    given[torch.tensor(order)] = torch.arange(len(order))
+    # back to the given order: the inverse of the sorting permutation
+    given = torch.tensor(order).argsort()
     mk = torch.tensor(min_ks)[given] if min_k else None
     return ItemScores(torch.cat(logps)[given], torch.cat(counts)[given],
                       torch.cat(known)[given], mk)
