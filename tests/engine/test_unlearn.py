@@ -13,10 +13,22 @@ import pytest
 import torch
 
 from tests.engine.support import demo_sets
+from workers.engine.methods import get_method
 from workers.engine.methods.builtin import NPOMethodConfig
-from workers.engine.qa import Example, encode, greedy_generate, tokenize
+from workers.engine.metrics import score_examples
+from workers.engine.qa import (
+    Example,
+    encode,
+    given_order,
+    greedy_generate,
+    length_batches,
+    pad_id,
+    tokenize,
+)
+from workers.engine.tofu import token_scores
 from workers.engine.training import (
     MembershipProbe,
+    _reference_cache,
     forget_batch_size,
     run_unlearning,
     stop_targets,
@@ -297,6 +309,49 @@ def test_score_items_answers_in_the_order_given(demo_model_dir: Path,
                           atol=1e-4)
     empty = score_items(model, tok, [], 128, min_k=True)
     assert empty.logp.numel() == 0 and empty.min_k is not None and empty.min_k.numel() == 0
+
+
+def test_length_batches_cut_sorted_rows_and_given_order_inverts_them() -> None:
+    rows = [([1], [2, 3, 4]), ([1], [2]), ([1, 1], [2, 3]), ([1], [2, 3]), ([], [9])]
+    batches = length_batches(rows, 2)
+    # lengths 4, 2, 4, 3, 1: sorted 4 (1), 1 (2), 3 (3), 0 (4), 2 (4) - ties in given order
+    assert batches == [[4, 1], [3, 0], [2]]
+    done = [f"row {i}" for batch in batches for i in batch]
+    assert [done[j] for j in given_order(batches)] == [f"row {i}" for i in range(5)]
+    assert length_batches([], 4) == [] and given_order([]) == []
+
+
+def test_every_scoring_loop_answers_in_the_order_given(demo_model_dir: Path,
+                                                        sets: dict[str, Any]) -> None:
+    """The verifier's scores, the reference cache and the TOFU benchmark's token scores
+    batch rows of similar length too (``qa.length_batches``); each returns every item's
+    own numbers (as scored alone) in the caller's order."""
+    model, tok = load_version(demo_model_dir)
+    items = [*sets["forget"], *sets["holdout"]]
+    items.sort(key=lambda ex: -len(tokenize(tok, ex, 128)[1]))  # sorting moves every row
+    batched = score_examples(model, tok, items, batch_size=4)
+    alone = [score_examples(model, tok, [ex], batch_size=1)[0] for ex in items]
+    assert [s.n_tokens for s in batched] == [s.n_tokens for s in alone]
+    assert [s.nll for s in batched] == pytest.approx([s.nll for s in alone], abs=1e-4)
+    assert [s.min_k_pp for s in batched] == pytest.approx([s.min_k_pp for s in alone],
+                                                          abs=1e-3)
+
+    token_lp = token_scores(model, tok, items, batch_size=4)
+    token_alone = [token_scores(model, tok, [ex], batch_size=1)[0] for ex in items]
+    assert [t.numel() for t in token_lp] == [t.numel() for t in token_alone]
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(token_lp, token_alone,
+                                                                strict=True))
+
+    method = get_method(NPOMethodConfig())
+    rows = [tokenize(tok, ex, 128) for ex in items]
+    device = next(model.parameters()).device
+    cache = _reference_cache(method, model, rows, None, pad_id(tok), device)
+    assert cache.forget_logp is not None and cache.forget_token_logp is not None
+    for i, row in enumerate(rows):
+        own = _reference_cache(method, model, [row], None, pad_id(tok), device)
+        assert own.forget_logp is not None and own.forget_token_logp is not None
+        assert float(cache.forget_logp[i]) == pytest.approx(float(own.forget_logp[0]), abs=1e-3)
+        assert torch.allclose(cache.forget_token_logp[i], own.forget_token_logp[0], atol=1e-4)
 
 
 def test_likelihood_rule_stops_every_item_at_its_stranger_level(

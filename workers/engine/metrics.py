@@ -34,7 +34,17 @@ from typing import Any
 
 import torch
 
-from workers.engine.qa import Example, answer_correct, encode, greedy_generate, to_device
+from workers.engine.qa import (
+    Example,
+    answer_correct,
+    collate,
+    given_order,
+    greedy_generate,
+    length_batches,
+    pad_id,
+    to_device,
+    tokenize,
+)
 
 MIA_SCORES: tuple[str, ...] = ("loss", "zlib", "min_k", "min_k_pp")
 DEFAULT_MIN_K = 0.4
@@ -166,18 +176,22 @@ def score_examples(
     max_length: int = 128,
     min_k: float = DEFAULT_MIN_K,
 ) -> list[ItemScore]:
-    """:class:`ItemScore` of every example, one forward pass per batch, model in eval mode
-    (restored afterwards). Works on plain and peft models, any device."""
+    """:class:`ItemScore` of every example, in the order given, one forward pass per batch
+    (batches of similar length, :func:`qa.length_batches`), model in eval mode (restored
+    afterwards). Works on plain and peft models, any device."""
     if not examples:
         return []
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     eos = tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
+    rows = [tokenize(tokenizer, ex, max_length) for ex in examples]
+    batches = length_batches(rows, batch_size)
     out: list[ItemScore] = []
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        batch = to_device(encode(tokenizer, chunk, max_length), device)
+    for indices in batches:
+        chunk = [examples[i] for i in indices]
+        batch = to_device(collate([rows[i] for i in indices], pad), device)
         logits = model(input_ids=batch["input_ids"],
                        attention_mask=batch["attention_mask"]).logits[:, :-1, :].float()
         labels = batch["labels"][:, 1:]
@@ -212,7 +226,7 @@ def score_examples(
                 min_k_pp=min_k_mean(zs, min_k),
             ))
     model.train(was_training)
-    return out
+    return [out[j] for j in given_order(batches)]
 
 
 @dataclass

@@ -190,6 +190,23 @@ def collate(rows: Sequence[TokenRow], pad: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
+def length_batches(rows: Sequence[TokenRow], batch_size: int) -> list[list[int]]:
+    """Indices of ``rows`` in batches of at most ``batch_size``, cut from the rows sorted
+    by length (prompt + target; ties keep the given order), so that a batch pads each row
+    to about its own length. A scoring loop runs these batches and puts its results,
+    concatenated in batch order, back in the given order with :func:`given_order`."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def given_order(batches: Sequence[Sequence[int]]) -> list[int]:
+    """Where each row's result sits in results concatenated in the order of ``batches``
+    (:func:`length_batches`), row by row in the given order: ``[done[j] for j in
+    given_order(batches)]``, or ``tensor[given_order(batches)]``."""
+    flat = [i for batch in batches for i in batch]
+    return torch.tensor(flat, dtype=torch.long).argsort().tolist()
+
+
 def pad_id(tokenizer: Any) -> int:
     pad = tokenizer.pad_token_id
     return int(pad if pad is not None else tokenizer.eos_token_id)

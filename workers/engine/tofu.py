@@ -57,10 +57,14 @@ from workers.engine.qa import (
     Example,
     PromptTemplate,
     answer_logits,
-    encode,
+    collate,
+    given_order,
     greedy_generate,
+    length_batches,
     load_jsonl,
+    pad_id,
     to_device,
+    tokenize,
 )
 
 SPLITS = ("forget01", "forget05", "forget10")
@@ -140,16 +144,20 @@ def load_sets(data_dir: str | Path, split: str, authors: int | None) -> TofuSets
 @torch.no_grad()
 def token_scores(model: Any, tokenizer: Any, examples: Sequence[Example],
                  batch_size: int = 32) -> list[torch.Tensor]:
-    """Per item, the answer tokens' log-probabilities (nats, answer + EOS)."""
+    """Per item, the answer tokens' log-probabilities (nats, answer + EOS), in the order
+    given (scored in batches of similar length, :func:`qa.length_batches`)."""
     device = next(model.parameters()).device
     model.eval()
+    rows = [tokenize(tokenizer, ex, 256) for ex in examples]
+    batches = length_batches(rows, batch_size)
+    pad = pad_id(tokenizer)
     out: list[torch.Tensor] = []
-    for start in range(0, len(examples), batch_size):
-        batch = to_device(encode(tokenizer, examples[start:start + batch_size], 256), device)
+    for indices in batches:
+        batch = to_device(collate([rows[i] for i in indices], pad), device)
         scored = answer_logits(model, batch)
         logp, mask = scored.logprobs(), scored.mask
         out.extend(lp[m].float().cpu() for lp, m in zip(logp, mask, strict=True))
-    return out
+    return [out[j] for j in given_order(batches)]
 
 
 def mean_logp(model: Any, tokenizer: Any, examples: Sequence[Example]) -> torch.Tensor:

@@ -47,6 +47,8 @@ from workers.engine.qa import (
     Example,
     TokenRow,
     collate,
+    given_order,
+    length_batches,
     pad_id,
     paraphrased,
     to_device,
@@ -155,31 +157,35 @@ def _reference_cache(
         return cache
     was_training = model.training
     model.eval()
+    # batches of similar length (qa.length_batches), the results put back in item order
     if _FORGET_QUANTITIES & method.needs:
         logps: list[torch.Tensor] = []
         logits: list[torch.Tensor] = []
         tokens: list[torch.Tensor] = []
-        for start in range(0, len(rows), _REF_BATCH):
-            batch = to_device(collate(rows[start:start + _REF_BATCH], pad), device)
+        batches = length_batches(rows, _REF_BATCH)
+        for indices in batches:
+            batch = to_device(collate([rows[i] for i in indices], pad), device)
             logp, part, token_part = _forget_reference(method, model, batch, device)
             if logp is not None:
                 logps.append(logp)
             logits.extend(part)
             tokens.extend(token_part)
+        given = given_order(batches)
         if "forget_logp" in method.needs:
-            cache.forget_logp = torch.cat(logps)
+            cache.forget_logp = torch.cat(logps)[given]
         if "forget_logits" in method.needs:
-            cache.forget_logits = logits
+            cache.forget_logits = [logits[j] for j in given]
         if "forget_token_logp" in method.needs:
-            cache.forget_token_logp = tokens
+            cache.forget_token_logp = [tokens[j] for j in given]
     if "alt_logp" in method.needs:
         assert alt_rows is not None
         parts = []
-        for start in range(0, len(alt_rows), _REF_BATCH):
-            batch = to_device(collate(alt_rows[start:start + _REF_BATCH], pad), device)
+        batches = length_batches(alt_rows, _REF_BATCH)
+        for indices in batches:
+            batch = to_device(collate([alt_rows[i] for i in indices], pad), device)
             with _autocast(device):
                 parts.append(run_forward(model, batch).seq_logp.float())
-        cache.alt_logp = torch.cat(parts)
+        cache.alt_logp = torch.cat(parts)[given_order(batches)]
     model.train(was_training)
     return cache
 

@@ -30,6 +30,8 @@ from workers.engine.qa import (
     TokenRow,
     answer_logits,
     collate,
+    given_order,
+    length_batches,
     pad_id,
     to_device,
     tokenize,
@@ -172,7 +174,7 @@ def score_items(
 
     if rows is None:
         rows = [tokenize(tokenizer, ex, max_length) for ex in examples]
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
+    batches = length_batches(rows, batch_size)
     pad = pad_id(tokenizer)
     device = _device_of(model)
     was_training = model.training
@@ -182,9 +184,8 @@ def score_items(
     counts: list[torch.Tensor] = []
     known: list[torch.Tensor] = []
     min_ks: list[float] = []
-    for start in range(0, len(rows), batch_size):
-        batch = to_device(collate([rows[i] for i in order[start : start + batch_size]], pad),
-                          device)
+    for indices in batches:
+        batch = to_device(collate([rows[i] for i in indices], pad), device)
         out = answer_logits(model, batch)
         logp, mask, labels = out.logprobs(), out.mask, out.targets
         hit = out.logits.argmax(-1) == labels
@@ -199,8 +200,7 @@ def score_items(
     if not logps:
         empty = torch.zeros(0)
         return ItemScores(empty, empty.long(), empty.bool(), torch.zeros(0) if min_k else None)
-    # back to the given order: the inverse of the sorting permutation
-    given = torch.tensor(order).argsort()
+    given = given_order(batches)
     mk = torch.tensor(min_ks)[given] if min_k else None
     return ItemScores(torch.cat(logps)[given], torch.cat(counts)[given],
                       torch.cat(known)[given], mk)
