@@ -345,6 +345,46 @@ def test_unlikelihood_pushes_hardest_where_the_answer_is_most_certain() -> None:
     assert float(both) == pytest.approx((expected + -math.log(0.8)) / 2, rel=1e-4)
 
 
+def test_npo_odds_gradient_pushes_every_token_logit_alike() -> None:
+    """With ``odds``, a token's gradient on its logit is 2σ(β·Δ) however certain the
+    answer is; NPO's own is 2σ(β·Δ)·(1 − π) and vanishes on a saturated answer."""
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    probs = torch.tensor([[0.9999, 0.5]])
+    ref = [probs.log()[0]]  # at the reference: Δ = 0, σ = 1/2
+    grads = {}
+    for odds in (False, True):
+        logp = probs.log().requires_grad_(True)
+        loss = npo_token_loss(_forward(logp, mask), ref, 0.3, odds=odds)
+        extra = (-math.log(1e-4) - math.log(0.5)) / 2 if odds else 0.0
+        assert float(loss) == pytest.approx(2 / 0.3 * math.log(2) + extra, rel=1e-3)
+        loss.backward()
+        assert logp.grad is not None
+        # on the logit: d/dlogπ · (1 − π), each token a half of the row mean
+        grads[odds] = (logp.grad * (1 - probs))[0].tolist()
+    assert grads[False] == pytest.approx([1e-4 / 2, 0.5 / 2], rel=1e-2)
+    assert grads[True] == pytest.approx([1 / 2, 1 / 2], rel=1e-2)
+    # unmasked padding adds nothing, whatever its (zero) log-probability
+    padded = npo_token_loss(_forward(torch.tensor([[math.log(0.5), 0.0]]),
+                                     torch.tensor([[True, False]])),
+                            [torch.tensor([math.log(0.5)])], 0.3, odds=True)
+    assert float(padded) == pytest.approx(2 / 0.3 * math.log(2) - math.log(0.5), rel=1e-4)
+
+
+def test_npo_odds_gradient_moves_a_certain_answer_sooner(demo_model_dir: Path,
+                                                         sets: dict[str, Any],
+                                                         tmp_path: Path) -> None:
+    probabilities = {}
+    for odds in (False, True):
+        model, tok = load_version(demo_model_dir)
+        result = run_unlearning(model, tok, sets["forget"], sets["retain"],
+                                NPOMethodConfig(odds_gradient=odds, early_stop=False,
+                                                max_steps=16),
+                                tmp_path / f"odds-{odds}")
+        probabilities[odds] = result.forget_probability
+    # the tiny demo model gives its answers 0.99: 0.68 without, 0.52 with (16 steps)
+    assert probabilities[True] < probabilities[False] - 0.1, probabilities
+
+
 def test_held_answers_are_known_about_the_person_only() -> None:
     from workers.engine.baselines import held_answers
 
@@ -562,6 +602,10 @@ def test_inert_settings_name_what_the_stopping_rule_ignores():
     assert parse_method_config({"method": "npo", "stop_auc_sigmas": 1.0}).inert_settings()
     assert parse_method_config({"method": "npo", "settle_passes": 2,
                                 "calibration_margin": 0.1}).inert_settings()
+    assert parse_method_config({"method": "npo", "granularity": "sequence",
+                                "odds_gradient": True}).inert_settings() == [
+        "odds_gradient has no effect with granularity 'sequence' (it acts on each answer "
+        "token's term of token-level NPO)"]
     # settings that act, and a method's own defaults, are never reported: a retry that
     # switches NPO to the likelihood rule keeps NPO's default calibration margin
     for data in ({"method": "npo"},
