@@ -11,11 +11,11 @@ ENV PATH=/opt/lethe/bin:$PATH
 # torch first, from the chosen index (CPU or CUDA build), pinned like pyproject.toml
 RUN pip install --index-url "${TORCH_INDEX}" torch==2.13.0
 WORKDIR /src
-COPY pyproject.toml README.md alembic.ini ./
+COPY pyproject.toml constraints.txt README.md alembic.ini ./
 COPY app ./app
 COPY workers ./workers
 COPY migrations ./migrations
-RUN pip install .
+RUN pip install -c constraints.txt .
 
 FROM python:${PYTHON_VERSION}-slim AS runtime
 RUN useradd --create-home --uid 10001 lethe \
