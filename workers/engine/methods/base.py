@@ -188,6 +188,13 @@ class BaseMethodConfig(BaseModel):
     retain_hard_nll: float = Field(0.1, ge=0.0)
     seed: int = 0
 
+    def given_settings(self) -> set[str]:
+        """The settings given explicitly (``model_fields_set``) with a value other than
+        the method's default: those :meth:`inert_settings` may report."""
+        fields = type(self).model_fields
+        return {name for name in self.model_fields_set
+                if getattr(self, name) != fields[name].default}
+
     def inert_settings(self) -> list[str]:
         """Why each setting given explicitly (``model_fields_set``) with a value other
         than the method's default would have no effect under the early-stopping settings
@@ -196,9 +203,7 @@ class BaseMethodConfig(BaseModel):
         a caller, or a verification retry, switches to the likelihood rule, and a full
         config read back from the API can be sent again as it is. What the API refuses
         at the door, so a caller does not believe a setting is in use."""
-        fields = type(self).model_fields
-        given = {name for name in self.model_fields_set
-                 if getattr(self, name) != fields[name].default}
+        given = self.given_settings()
         out: list[str] = []
 
         def inert(names: tuple[str, ...], why: str) -> None:

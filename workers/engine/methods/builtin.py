@@ -163,10 +163,7 @@ class NPOMethodConfig(BaseMethodConfig):
 
     def inert_settings(self) -> list[str]:
         out = super().inert_settings()
-        # given with a value other than the default, as the base class reports them
-        default = type(self).model_fields["odds_gradient"].default
-        if (self.granularity == "sequence" and "odds_gradient" in self.model_fields_set
-                and self.odds_gradient != default):
+        if self.granularity == "sequence" and "odds_gradient" in self.given_settings():
             out.append("odds_gradient has no effect with granularity 'sequence' (it acts "
                        "on each answer token's term of token-level NPO)")
         return out
