@@ -18,7 +18,7 @@ lock:
 	rm -rf .lock-venv && python3 -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet --upgrade pip
 	.lock-venv/bin/pip install --quiet -e '.[dev]'
-	{ sed -n '1,2p' constraints.txt; .lock-venv/bin/pip freeze --exclude-editable \
+	{ grep '^#' constraints.txt; .lock-venv/bin/pip freeze --exclude-editable \
 	    | sed -E 's/^(torch==[^+]*)\+.*/\1/'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt && rm -rf .lock-venv
 
