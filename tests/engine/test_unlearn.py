@@ -18,6 +18,7 @@ from workers.engine.methods.builtin import NPOMethodConfig
 from workers.engine.metrics import score_examples
 from workers.engine.qa import (
     Example,
+    by_length,
     encode,
     given_order,
     greedy_generate,
@@ -319,6 +320,24 @@ def test_length_batches_cut_sorted_rows_and_given_order_inverts_them() -> None:
     done = [f"row {i}" for batch in batches for i in batch]
     assert [done[j] for j in given_order(batches)] == [f"row {i}" for i in range(5)]
     assert length_batches([], 4) == [] and given_order([]) == []
+
+
+def test_by_length_scores_collated_batches_and_answers_in_the_order_given() -> None:
+    rows = [([1], [2, 3, 4]), ([1], [2]), ([1, 1], [2, 3]), ([1], [2, 3]), ([], [9])]
+    seen: list[list[int]] = []
+
+    def score(indices: list[int], batch: dict[str, torch.Tensor]) -> list[str]:
+        seen.append(indices)
+        assert batch["input_ids"].shape[0] == len(indices)
+        # each batch pads to its own longest row
+        assert batch["attention_mask"].shape[1] == max(sum(map(len, rows[i])) for i in indices)
+        return [f"row {i}: {int(batch['attention_mask'][k].sum())}"
+                for k, i in enumerate(indices)]
+
+    done = by_length(rows, 2, 0, "cpu", score)
+    assert seen == length_batches(rows, 2)
+    assert done == [f"row {i}: {sum(map(len, row))}" for i, row in enumerate(rows)]
+    assert by_length([], 2, 0, "cpu", score) == []
 
 
 def test_every_scoring_loop_answers_in_the_order_given(demo_model_dir: Path,

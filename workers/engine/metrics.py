@@ -37,12 +37,9 @@ import torch
 from workers.engine.qa import (
     Example,
     answer_correct,
-    collate,
-    given_order,
+    by_length,
     greedy_generate,
-    length_batches,
     pad_id,
-    to_device,
     tokenize,
 )
 
@@ -177,7 +174,7 @@ def score_examples(
     min_k: float = DEFAULT_MIN_K,
 ) -> list[ItemScore]:
     """:class:`ItemScore` of every example, in the order given, one forward pass per batch
-    (batches of similar length, :func:`qa.length_batches`), model in eval mode (restored
+    (batches of similar length, :func:`qa.by_length`), model in eval mode (restored
     afterwards). Works on plain and peft models, any device."""
     if not examples:
         return []
@@ -186,12 +183,7 @@ def score_examples(
     model.eval()
     eos = tokenizer.eos_token_id
     pad = pad_id(tokenizer)
-    rows = [tokenize(tokenizer, ex, max_length) for ex in examples]
-    batches = length_batches(rows, batch_size)
-    out: list[ItemScore] = []
-    for indices in batches:
-        chunk = [examples[i] for i in indices]
-        batch = to_device(collate([rows[i] for i in indices], pad), device)
+    def score(indices: list[int], batch: dict[str, torch.Tensor]) -> list[ItemScore]:
         logits = model(input_ids=batch["input_ids"],
                        attention_mask=batch["attention_mask"]).logits[:, :-1, :].float()
         labels = batch["labels"][:, 1:]
@@ -204,7 +196,8 @@ def score_examples(
         var = (probs * logprobs.square()).sum(-1) - mu.square()
         std_lp = (tok_lp - mu) / var.clamp(min=1e-12).sqrt()
         hits = logits.argmax(-1) == labels
-        for i, ex in enumerate(chunk):
+        out: list[ItemScore] = []
+        for i, j in enumerate(indices):
             m = mask[i]
             lp = tok_lp[i][m].tolist()
             zs = std_lp[i][m].tolist()
@@ -221,12 +214,16 @@ def score_examples(
                 exact_memorisation=sum(h) / len(h) if h else 0.0,
                 extraction_strength=extraction_strength(h),
                 loss=-nll,
-                zlib=-nll / zlib_length(ex.target),
+                zlib=-nll / zlib_length(examples[j].target),
                 min_k=min_k_mean(lp, min_k),
                 min_k_pp=min_k_mean(zs, min_k),
             ))
+        return out
+
+    rows = [tokenize(tokenizer, ex, max_length) for ex in examples]
+    scores = by_length(rows, batch_size, pad, device, score)
     model.train(was_training)
-    return [out[j] for j in given_order(batches)]
+    return scores
 
 
 @dataclass

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -165,6 +165,7 @@ def _target_ids(tokenizer: Any, target: str) -> list[int]:
 
 
 TokenRow = tuple[list[int], list[int]]  # (prompt ids, target ids) of one example
+R = TypeVar("R")
 
 
 def tokenize(tokenizer: Any, example: Example, max_length: int = 256) -> TokenRow:
@@ -205,6 +206,24 @@ def given_order(batches: Sequence[Sequence[int]]) -> list[int]:
     given_order(batches)]``, or ``tensor[given_order(batches)]``."""
     flat = [i for batch in batches for i in batch]
     return torch.tensor(flat, dtype=torch.long).argsort().tolist()
+
+
+def by_length(
+    rows: Sequence[TokenRow],
+    batch_size: int,
+    pad: int,
+    device: torch.device | str,
+    score: Callable[[list[int], dict[str, torch.Tensor]], Iterable[R]],
+) -> list[R]:
+    """Every row's result in the given order, scored in batches of rows of similar length
+    (:func:`length_batches`): ``score(indices, batch)`` gets a batch's row indices and
+    the rows collated (:func:`collate`) on ``device``, and gives one result per row of
+    the batch, in the batch's order. The one loop every scoring pass runs."""
+    batches = length_batches(rows, batch_size)
+    done: list[R] = []
+    for indices in batches:
+        done.extend(score(indices, to_device(collate([rows[i] for i in indices], pad), device)))
+    return [done[j] for j in given_order(batches)]
 
 
 def pad_id(tokenizer: Any) -> int:

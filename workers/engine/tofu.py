@@ -57,13 +57,10 @@ from workers.engine.qa import (
     Example,
     PromptTemplate,
     answer_logits,
-    collate,
-    given_order,
+    by_length,
     greedy_generate,
-    length_batches,
     load_jsonl,
     pad_id,
-    to_device,
     tokenize,
 )
 
@@ -145,19 +142,17 @@ def load_sets(data_dir: str | Path, split: str, authors: int | None) -> TofuSets
 def token_scores(model: Any, tokenizer: Any, examples: Sequence[Example],
                  batch_size: int = 32) -> list[torch.Tensor]:
     """Per item, the answer tokens' log-probabilities (nats, answer + EOS), in the order
-    given (scored in batches of similar length, :func:`qa.length_batches`)."""
-    device = next(model.parameters()).device
+    given (scored in batches of similar length, :func:`qa.by_length`)."""
     model.eval()
-    rows = [tokenize(tokenizer, ex, 256) for ex in examples]
-    batches = length_batches(rows, batch_size)
-    pad = pad_id(tokenizer)
-    out: list[torch.Tensor] = []
-    for indices in batches:
-        batch = to_device(collate([rows[i] for i in indices], pad), device)
+
+    def score(_: list[int], batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         scored = answer_logits(model, batch)
         logp, mask = scored.logprobs(), scored.mask
-        out.extend(lp[m].float().cpu() for lp, m in zip(logp, mask, strict=True))
-    return [out[j] for j in given_order(batches)]
+        return [lp[m].float().cpu() for lp, m in zip(logp, mask, strict=True)]
+
+    rows = [tokenize(tokenizer, ex, 256) for ex in examples]
+    return by_length(rows, batch_size, pad_id(tokenizer), next(model.parameters()).device,
+                     score)
 
 
 def mean_logp(model: Any, tokenizer: Any, examples: Sequence[Example]) -> torch.Tensor:

@@ -46,9 +46,8 @@ from workers.engine.metrics import roc_auc
 from workers.engine.qa import (
     Example,
     TokenRow,
+    by_length,
     collate,
-    given_order,
-    length_batches,
     pad_id,
     paraphrased,
     to_device,
@@ -119,21 +118,21 @@ _FORGET_QUANTITIES = frozenset({"forget_logp", "forget_logits", "forget_token_lo
 
 def _forget_reference(
     method: Method, model: Any, batch: dict[str, torch.Tensor], device: torch.device,
-) -> tuple[torch.Tensor | None, list[torch.Tensor], list[torch.Tensor]]:
+) -> list[tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]]:
     """The forget quantities ``method`` needs of one encoded batch, in one forward pass of
-    ``model`` as it is (the caller sets eval mode and the reference): the summed answer
-    log-likelihood per row (``None`` when not needed) and, when needed, each row's logits
-    at its answer positions (kept in the model's dtype on its device) and each row's
-    answer-token log-probabilities (float32)."""
+    ``model`` as it is (the caller sets eval mode and the reference), per row (``None``
+    where not needed): the summed answer log-likelihood, the logits at the answer
+    positions (kept in the model's dtype on its device) and the answer-token
+    log-probabilities (float32)."""
     with _autocast(device):
         fw = run_forward(model, batch)
-    rows = range(fw.logits.shape[0])
     logp = fw.seq_logp.float() if "forget_logp" in method.needs else None
-    logits = ([fw.logits[row][fw.mask[row]].detach() for row in rows]
-              if "forget_logits" in method.needs else [])
-    tokens = ([fw.logp[row][fw.mask[row]].detach().float() for row in rows]
-              if "forget_token_logp" in method.needs else [])
-    return logp, logits, tokens
+    logits = "forget_logits" in method.needs
+    tokens = "forget_token_logp" in method.needs
+    return [(None if logp is None else logp[row],
+             fw.logits[row][fw.mask[row]].detach() if logits else None,
+             fw.logp[row][fw.mask[row]].detach().float() if tokens else None)
+            for row in range(fw.logits.shape[0])]
 
 
 def without_eos(row: TokenRow, eos: int | None) -> TokenRow:
@@ -157,35 +156,25 @@ def _reference_cache(
         return cache
     was_training = model.training
     model.eval()
-    # batches of similar length (qa.length_batches), the results put back in item order
+    # batches of similar length (qa.by_length), the results in item order
     if _FORGET_QUANTITIES & method.needs:
-        logps: list[torch.Tensor] = []
-        logits: list[torch.Tensor] = []
-        tokens: list[torch.Tensor] = []
-        batches = length_batches(rows, _REF_BATCH)
-        for indices in batches:
-            batch = to_device(collate([rows[i] for i in indices], pad), device)
-            logp, part, token_part = _forget_reference(method, model, batch, device)
-            if logp is not None:
-                logps.append(logp)
-            logits.extend(part)
-            tokens.extend(token_part)
-        given = given_order(batches)
+        done = by_length(rows, _REF_BATCH, pad, device,
+                         lambda _, batch: _forget_reference(method, model, batch, device))
+        logps, logits, tokens = zip(*done, strict=True)
         if "forget_logp" in method.needs:
-            cache.forget_logp = torch.cat(logps)[given]
+            cache.forget_logp = torch.stack([t for t in logps if t is not None])
         if "forget_logits" in method.needs:
-            cache.forget_logits = [logits[j] for j in given]
+            cache.forget_logits = [t for t in logits if t is not None]
         if "forget_token_logp" in method.needs:
-            cache.forget_token_logp = [tokens[j] for j in given]
+            cache.forget_token_logp = [t for t in tokens if t is not None]
     if "alt_logp" in method.needs:
         assert alt_rows is not None
-        parts = []
-        batches = length_batches(alt_rows, _REF_BATCH)
-        for indices in batches:
-            batch = to_device(collate([alt_rows[i] for i in indices], pad), device)
+
+        def alt(_: list[int], batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
             with _autocast(device):
-                parts.append(run_forward(model, batch).seq_logp.float())
-        cache.alt_logp = torch.cat(parts)[given_order(batches)]
+                return list(run_forward(model, batch).seq_logp.float())
+
+        cache.alt_logp = torch.stack(by_length(alt_rows, _REF_BATCH, pad, device, alt))
     model.train(was_training)
     return cache
 
@@ -220,20 +209,22 @@ def _batch_reference(method: Method, peft_model: Any, batch: dict[str, torch.Ten
     was_training = peft_model.training
     peft_model.eval()
     with peft_model.disable_adapter():
-        logp, logits, tokens = _forget_reference(method, peft_model, batch, device)
+        fresh = _forget_reference(method, peft_model, batch, device)
     peft_model.train(was_training)
     step = dataclasses.replace(cache)
-    if cache.forget_logp is not None and logp is not None:
+    if cache.forget_logp is not None:
         step.forget_logp = cache.forget_logp.clone()
-        step.forget_logp[list(index)] = logp.to(cache.forget_logp.device)
     if cache.forget_logits is not None:
         step.forget_logits = list(cache.forget_logits)
-        for row, i in enumerate(index):
-            step.forget_logits[i] = logits[row]
     if cache.forget_token_logp is not None:
         step.forget_token_logp = list(cache.forget_token_logp)
-        for row, i in enumerate(index):
-            step.forget_token_logp[i] = tokens[row]
+    for i, (logp, logits, tokens) in zip(index, fresh, strict=True):
+        if step.forget_logp is not None and logp is not None:
+            step.forget_logp[i] = logp.to(step.forget_logp.device)
+        if step.forget_logits is not None and logits is not None:
+            step.forget_logits[i] = logits
+        if step.forget_token_logp is not None and tokens is not None:
+            step.forget_token_logp[i] = tokens
     return step
 
 

@@ -18,7 +18,8 @@ before the adapter); its forget log-likelihoods are computed once, before traini
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,11 +30,8 @@ from workers.engine.qa import (
     Example,
     TokenRow,
     answer_logits,
-    collate,
-    given_order,
-    length_batches,
+    by_length,
     pad_id,
-    to_device,
     tokenize,
 )
 
@@ -174,36 +172,28 @@ def score_items(
 
     if rows is None:
         rows = [tokenize(tokenizer, ex, max_length) for ex in examples]
-    batches = length_batches(rows, batch_size)
-    pad = pad_id(tokenizer)
-    device = _device_of(model)
     was_training = model.training
     model.eval()
     eos = tokenizer.eos_token_id
-    logps: list[torch.Tensor] = []
-    counts: list[torch.Tensor] = []
-    known: list[torch.Tensor] = []
-    min_ks: list[float] = []
-    for indices in batches:
-        batch = to_device(collate([rows[i] for i in indices], pad), device)
+
+    def score(_: list[int], batch: dict[str, torch.Tensor]
+              ) -> Iterable[tuple[float, int, bool, float]]:
         out = answer_logits(model, batch)
         logp, mask, labels = out.logprobs(), out.mask, out.targets
         hit = out.logits.argmax(-1) == labels
         scored = mask & (labels != eos) if eos is not None else mask
-        logps.append(logp.sum(-1).float().cpu())
-        counts.append(mask.sum(-1).cpu())
-        known.append((hit | ~scored).all(-1).cpu())
-        if min_k:
-            min_ks.extend(min_k_mean(lp[m].float().tolist()) for lp, m in zip(logp, mask,
-                                                                              strict=True))
+        mks = ([min_k_mean(lp[m].float().tolist()) for lp, m in zip(logp, mask, strict=True)]
+               if min_k else [math.nan] * len(logp))
+        return zip(logp.sum(-1).float().tolist(), mask.sum(-1).tolist(),
+                   (hit | ~scored).all(-1).tolist(), mks, strict=True)
+
+    done = by_length(rows, batch_size, pad_id(tokenizer), _device_of(model), score)
     model.train(was_training)
-    if not logps:
-        empty = torch.zeros(0)
-        return ItemScores(empty, empty.long(), empty.bool(), torch.zeros(0) if min_k else None)
-    given = given_order(batches)
-    mk = torch.tensor(min_ks)[given] if min_k else None
-    return ItemScores(torch.cat(logps)[given], torch.cat(counts)[given],
-                      torch.cat(known)[given], mk)
+    logps, counts, known, mks = zip(*done, strict=True) if done else ((), (), (), ())
+    return ItemScores(torch.tensor(logps, dtype=torch.float32),
+                      torch.tensor(counts, dtype=torch.long),
+                      torch.tensor(known, dtype=torch.bool),
+                      torch.tensor(mks, dtype=torch.float32) if min_k else None)
 
 
 def cycle_indices(n: int, generator: torch.Generator) -> Iterator[int]:
