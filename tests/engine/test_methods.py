@@ -199,18 +199,24 @@ def test_cancellation_restores_the_model(name: str, demo_model_dir: Path,
         assert torch.equal(model(input_ids=ids).logits, reference)
 
 
-@pytest.mark.parametrize("keep", [True, False], ids=["logits_to_keep", "full_then_cut"])
+@pytest.mark.parametrize("path", ["decoder_then_head", "logits_to_keep", "full_then_cut"])
 def test_answer_logits_are_the_full_forward_at_answer_positions(
-    keep: bool, demo_model_dir: Path, sets: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+    path: str, demo_model_dir: Path, sets: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The output layer runs only where answers are predicted; what it gives there is
-    what the whole forward pass gives, for models with and without ``logits_to_keep``."""
+    what the whole forward pass gives: for the plain-head families (the decoder alone,
+    the head at the answer tokens), and for other models with and without
+    ``logits_to_keep``."""
     from workers.engine import qa
 
     model, tok = load_version(demo_model_dir)
-    if not keep:
+    if path != "decoder_then_head":
+        monkeypatch.setattr(qa, "PLAIN_HEAD_MODELS", frozenset())
+    if path == "full_then_cut":
         monkeypatch.setattr(qa, "_keeps_logits", lambda forward: False)
-    assert qa._keeps_logits(type(model).forward) is keep  # transformers' Llama takes logits_to_keep
+    # transformers' Llama takes logits_to_keep
+    assert qa._keeps_logits(type(model).forward) is (path != "full_then_cut")
+    assert qa._plain_head(model) is (path == "decoder_then_head")
     # rows of different prompt and answer lengths, so the kept positions are a union
     rows = [sets["forget"][0], sets["retain"][3], sets["holdout"][7]]
     batch = qa.encode(tok, rows)
@@ -225,9 +231,86 @@ def test_answer_logits_are_the_full_forward_at_answer_positions(
     assert torch.equal(scored.mask.sum(-1), mask.sum(-1))
     expected = torch.log_softmax(full, -1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
     assert torch.allclose(scored.logprobs().sum(-1), (expected * mask).sum(-1), atol=1e-4)
-    assert torch.allclose(scored.logits[scored.mask].float(), full[mask], atol=1e-4)
+    assert torch.allclose(scored.logits.float(), full[mask], atol=1e-4)
     assert torch.equal(scored.targets[scored.mask], targets[mask])
     assert scored.hidden is not None and len(scored.hidden) == model.config.num_hidden_layers + 1
+
+
+def test_length_groups_pad_least_with_the_cost_of_a_group() -> None:
+    from workers.engine.qa import length_groups
+
+    widths = [100, 10, 12, 98, 11]
+    # one group pads all five to 100 (500); two groups cost 3 · 12 + 2 · 100 = 236
+    assert length_groups(widths, 0) == [[1], [4], [2], [3], [0]]  # no cost: each alone
+    assert length_groups(widths, 50) == [[1, 4, 2], [3, 0]]
+    assert length_groups(widths, 1000) == [[1, 4, 2, 3, 0]]  # sorted by width
+    assert length_groups([7, 7, 7], 0) == [[0, 1, 2]]  # a tie: the fewer groups
+    assert length_groups([9, 7, 7], 1) == [[1, 2], [0]]  # 14 + 9 + 2 against 27 + 1
+    assert length_groups([9, 7, 7], 5) == [[1, 2, 0]]  # ties keep the given order
+    assert length_groups([], 10) == []
+
+
+def _tiny_causal_lm(family: str) -> Any:
+    import transformers
+
+    common = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                  pad_token_id=0, tie_word_embeddings=False)
+    config_class, model_class = {
+        "llama": ("LlamaConfig", "LlamaForCausalLM"),
+        "mistral": ("MistralConfig", "MistralForCausalLM"),
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+        "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+        "phi3": ("Phi3Config", "Phi3ForCausalLM"),
+    }[family]
+    torch.manual_seed(0)
+    config = getattr(transformers, config_class)(**common)
+    return getattr(transformers, model_class)(config).eval()
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "phi3"])
+def test_rows_grouped_by_length_give_the_whole_batchs_scores_and_gradients(
+    family: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every plain-head family: rows of very different lengths run in groups, each cut
+    to its widest row, and the answer logits, log-probabilities and the gradients of a
+    loss on them are the whole padded batch's (the head is the output embedding and
+    nothing more, and the padding after a row changes nothing before it)."""
+    from workers.engine import qa
+
+    model = _tiny_causal_lm(family)
+    assert family in qa.PLAIN_HEAD_MODELS and qa._plain_head(model)
+    rows = [([1, 5, 6], [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 2]),
+            ([1, 5], [30, 2]), ([1, 40, 41, 42, 43, 44, 45, 46], [31, 32, 2]),
+            ([1, 6], [33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 2]),
+            ([1, 7, 8], [50, 2])]
+    batch = collate(rows, 0)
+    widths = [len(p) + len(t) for p, t in rows]
+    assert len(qa.length_groups(widths, 0)) > 1
+    targets = batch["labels"][:, 1:]
+    mask = targets != -100
+
+    def run(overhead: int) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        monkeypatch.setitem(qa.GROUP_OVERHEAD_TOKENS, "cpu", overhead)
+        model.zero_grad()
+        scored = qa.answer_logits(model, batch)
+        logp = scored.logprobs()
+        (logp.sum() + scored.logits.square().mean()).backward()
+        return scored.logits.detach(), logp.detach(), [p.grad.clone() for p in
+                                                       model.parameters() if p.grad is not None]
+
+    grouped, grouped_logp, grouped_grads = run(0)  # a group per row
+    whole, whole_logp, whole_grads = run(10**6)  # one group
+    with torch.no_grad():
+        full = model(input_ids=batch["input_ids"],
+                     attention_mask=batch["attention_mask"]).logits[:, :-1]
+    assert grouped.shape == (int(mask.sum()), model.config.vocab_size)
+    assert torch.allclose(grouped, full[mask], atol=1e-5)
+    assert torch.allclose(whole, full[mask], atol=1e-5)
+    assert torch.allclose(grouped_logp, whole_logp, atol=1e-5)
+    assert len(grouped_grads) == len(whole_grads) == len(list(model.parameters()))
+    for g, w in zip(grouped_grads, whole_grads, strict=True):
+        assert torch.allclose(g, w, atol=1e-5)
 
 
 # ------------------------------------------------------------------- context noise

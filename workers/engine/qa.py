@@ -245,11 +245,13 @@ def encode(
 
 @dataclass
 class AnswerLogits:
-    """A forward pass's output layer at the positions that predict a target token in at
-    least one row of the batch (``positions``, ascending; ``K`` of them), see
-    :func:`answer_logits`. ``logits`` ``[B, K, V]``; ``targets`` ``[B, K]`` the token
-    each position predicts (-100 where that row scores nothing there) and ``mask``
-    ``[B, K]`` where it does; ``hidden`` all hidden states when asked for (full length)."""
+    """A forward pass's output layer where a target token is predicted, see
+    :func:`answer_logits`. ``logits`` ``[N, V]``: one row per scored (row, position)
+    pair, in row-major order (that of ``mask.nonzero()``; ``logits.split(
+    mask.sum(-1).tolist())`` gives each row's). ``positions`` ``[K]`` (ascending) are the
+    sequence positions that predict a target in at least one row; ``targets`` ``[B, K]``
+    the token each predicts (-100 where that row scores nothing) and ``mask`` ``[B, K]``
+    where it does; ``hidden`` all hidden states when asked for (full length)."""
 
     logits: torch.Tensor
     targets: torch.Tensor
@@ -260,8 +262,9 @@ class AnswerLogits:
     def logprobs(self) -> torch.Tensor:
         """Log-probability of each target token ``[B, K]`` (fp32), 0 where unscored."""
         logp = torch.log_softmax(self.logits.float(), dim=-1)
-        picked = logp.gather(-1, self.targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        return picked * self.mask
+        picked = logp.gather(-1, self.targets[self.mask].unsqueeze(-1)).squeeze(-1)
+        return torch.zeros(self.mask.shape, dtype=picked.dtype,
+                           device=picked.device).masked_scatter(self.mask, picked)
 
 
 @cache
@@ -274,28 +277,119 @@ def _keeps_logits(forward: Callable[..., Any]) -> bool:
         return False
 
 
+# transformers' causal-LM families whose logits are the output embedding applied to the
+# decoder's last hidden state and nothing more (no logit scaling or soft-capping; each
+# checked against the whole forward pass in tests/engine/test_methods.py): for these
+# the decoder runs on its own and the output layer only where a target is predicted
+PLAIN_HEAD_MODELS = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
+# a row group's fixed cost in padded tokens, by device type: a forward and backward call
+# of the TOFU benchmark's CPU model costs about 10 ms plus 0.2 ms a token (1 thread); on
+# a GPU the fixed per-call cost is kernel launches, ~130 ms a step against 47 k tokens/s
+# for a 1.1 B model (docs/benchmarks.md), so rows are split far less readily there
+GROUP_OVERHEAD_TOKENS = {"cpu": 128, "cuda": 4096}
+
+
+def _plain_head(model: Any) -> bool:
+    config = getattr(model, "config", None)
+    return (getattr(config, "model_type", None) in PLAIN_HEAD_MODELS
+            and model.get_output_embeddings() is not None)
+
+
+def length_groups(widths: Sequence[int], overhead: int) -> list[list[int]]:
+    """Indices of rows of the given token ``widths`` in groups, each run padded to its
+    widest row, so that the padded tokens plus ``overhead`` per group are fewest (an
+    exact partition of the rows sorted by width; ties keep the given order). One group
+    of every row when the rows are about the same length."""
+    order = sorted(range(len(widths)), key=lambda i: widths[i])
+    w = [widths[i] for i in order]
+    n = len(w)
+    best = [0] * (n + 1)  # best[j]: the least cost of the first j rows
+    cut = [0] * (n + 1)  # where the last group of those j rows starts
+    for j in range(1, n + 1):
+        # the last group is order[i:j], padded to w[j - 1]; the first i wins a tie
+        best[j], cut[j] = min((best[i] + (j - i) * w[j - 1] + overhead, i) for i in range(j))
+    groups: list[list[int]] = []
+    j = n
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def _answer_states(body: Any, batch: dict[str, torch.Tensor], mask: torch.Tensor,
+                   overhead: int) -> torch.Tensor:
+    """The decoder ``body``'s last hidden states that predict a target (``mask`` ``[B,
+    T - 1]``), ``[N, H]`` in row-major order. The rows run in groups of similar length
+    (:func:`length_groups`), each cut to its widest row: the padding after a row's last
+    token changes nothing before it (causal attention, right padding), so every state is
+    the one the whole batch would give, without the padded positions' work."""
+    ids, attention = batch["input_ids"], batch["attention_mask"]
+    # a row's width: up to its last attended token (right padding; a left-padded row is
+    # its whole width, and nothing is cut)
+    widths = (attention.shape[1] - attention.flip(-1).argmax(-1)).tolist()
+    groups = length_groups(widths, overhead)
+    if len(groups) == 1:
+        width = max(widths)
+        states = body(input_ids=ids[:, :width],
+                      attention_mask=attention[:, :width]).last_hidden_state
+        return states[:, :-1][mask[:, :width - 1]]
+    counts = mask.sum(-1).tolist()
+    offsets = [sum(counts[:i]) for i in range(len(counts))]
+    parts: list[torch.Tensor] = []
+    where: list[int] = []
+    for group in groups:
+        width = max(widths[i] for i in group)
+        rows = torch.tensor(group, device=ids.device)
+        states = body(input_ids=ids[rows, :width],
+                      attention_mask=attention[rows, :width]).last_hidden_state
+        parts.append(states[:, :-1][mask[rows, :width - 1]])
+        where.extend(j for i in group for j in range(offsets[i], offsets[i] + counts[i]))
+    # parts are group by group; row-major order puts state k where it sits in the batch
+    place = torch.tensor(where, device=ids.device).argsort()
+    return torch.cat(parts)[place]
+
+
 def answer_logits(model: Any, batch: dict[str, torch.Tensor],
                   hidden: bool = False) -> AnswerLogits:
     """Forward ``batch`` (:func:`encode`'s) through ``model`` with the output layer
     applied only where a target token is predicted: the answers are often a small part
     of a row (a question and a short fact), and the vocabulary projection with its
-    full-vocabulary softmax would otherwise be spent on every prompt token too. Models
-    whose forward takes no ``logits_to_keep`` compute every position and are cut after."""
+    full-vocabulary softmax would otherwise be spent on every prompt token too.
+
+    For the :data:`PLAIN_HEAD_MODELS` the decoder runs on its own, on rows grouped by
+    length (:func:`length_groups`: a batch of TOFU's forget answers is 30 % padding),
+    and the output layer only at the scored tokens. Other models get ``logits_to_keep``
+    (the positions that predict a target in any row), or compute every position and are
+    cut, and the whole batch runs as one."""
     targets = batch["labels"][:, 1:]  # position t predicts token t + 1
-    mask = targets != -100
-    positions = mask.any(0).nonzero().squeeze(-1)
+    full_mask = targets != -100
+    positions = full_mask.any(0).nonzero().squeeze(-1)
+    mask = full_mask[:, positions]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    kwargs: dict[str, Any] = {"output_hidden_states": True} if hidden else {}
-    if _keeps_logits(type(base).forward):
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    logits_to_keep=positions, **kwargs)
-        logits = out.logits
+    every: tuple[torch.Tensor, ...] | None = None
+    if _plain_head(base):
+        body = base.base_model
+        if hidden:
+            out = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       output_hidden_states=True)
+            states, every = out.last_hidden_state[:, :-1][full_mask], out.hidden_states
+        else:
+            device = batch["input_ids"].device.type
+            states = _answer_states(body, batch, full_mask,
+                                    GROUP_OVERHEAD_TOKENS.get(device, 4096))
+        logits = base.get_output_embeddings()(states)
     else:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    **kwargs)
-        logits = out.logits[:, positions]
-    return AnswerLogits(logits, targets[:, positions], mask[:, positions], positions,
-                        out.hidden_states if hidden else None)
+        kwargs: dict[str, Any] = {"output_hidden_states": True} if hidden else {}
+        if _keeps_logits(type(base).forward):
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        logits_to_keep=positions, **kwargs)
+            logits = out.logits[mask]
+        else:
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        **kwargs)
+            logits = out.logits[:, positions][mask]
+        every = out.hidden_states if hidden else None
+    return AnswerLogits(logits, targets[:, positions], mask, positions, every)
 
 
 def sequence_logprob(

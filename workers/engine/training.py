@@ -127,12 +127,13 @@ def _forget_reference(
     with _autocast(device):
         fw = run_forward(model, batch)
     logp = fw.seq_logp.float() if "forget_logp" in method.needs else None
-    logits = "forget_logits" in method.needs
+    rows = fw.mask.shape[0]
+    logits = (fw.logits.detach().split(fw.mask.sum(-1).tolist())
+              if "forget_logits" in method.needs else [None] * rows)
     tokens = "forget_token_logp" in method.needs
-    return [(None if logp is None else logp[row],
-             fw.logits[row][fw.mask[row]].detach() if logits else None,
+    return [(None if logp is None else logp[row], logits[row],
              fw.logp[row][fw.mask[row]].detach().float() if tokens else None)
-            for row in range(fw.logits.shape[0])]
+            for row in range(rows)]
 
 
 def without_eos(row: TokenRow, eos: int | None) -> TokenRow:

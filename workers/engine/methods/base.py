@@ -251,10 +251,11 @@ class ReferenceCache:
 @dataclass
 class Forward:
     """One forward pass over an encoded batch, scored where answers are predicted
-    (:func:`qa.answer_logits`): at the ``K`` sequence ``positions`` that predict an answer
-    token in some row, ``logits`` ``[B, K, V]``, the predicted ``targets`` ``[B, K]``
-    (-100 where a row scores nothing), per-token answer log-probs ``logp`` (0 there) and
-    their ``mask``; ``hidden`` (all hidden states, full length) when asked for —
+    (:func:`qa.answer_logits`): ``logits`` ``[N, V]`` at the N answer tokens, row-major
+    (the order of ``logp[mask]``); at the ``K`` sequence ``positions`` that predict an
+    answer token in some row, the predicted ``targets`` ``[B, K]`` (-100 where a row
+    scores nothing), per-token answer log-probs ``logp`` (0 there) and their ``mask``;
+    ``hidden`` (all hidden states, full length) when asked for —
     ``hidden[i][:, positions][mask]`` are the states that predict answer tokens."""
 
     logits: torch.Tensor

@@ -86,9 +86,8 @@ class GradDiff(Method):
         cur = inputs.forward(inputs.retain)
         with torch.no_grad(), inputs.reference():
             ref = inputs.forward(inputs.retain)
-        mask = cur.mask
-        cur_lp = torch.log_softmax(cur.logits.float(), -1)[mask]
-        ref_lp = torch.log_softmax(ref.logits.float(), -1)[mask]
+        cur_lp = torch.log_softmax(cur.logits.float(), -1)  # [N answer tokens, V]
+        ref_lp = torch.log_softmax(ref.logits.float(), -1)
         kl = F.kl_div(cur_lp, ref_lp, log_target=True, reduction="batchmean")
         return loss + cfg.retain_weight * kl
 
@@ -386,7 +385,7 @@ class UNDIAL(Method):
         cfg = self.config
         assert inputs.ref.forget_logits is not None
         cur = inputs.forward(inputs.forget)
-        student = cur.logits[cur.mask].float()  # [N answer tokens, V], row-major
+        student = cur.logits.float()  # [N answer tokens, V], row-major
         teacher = torch.cat([inputs.ref.forget_logits[i] for i in inputs.forget_index]).to(
             student.device, torch.float32)
         labels = cur.targets[cur.mask]
