@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -262,9 +263,13 @@ class AnswerLogits:
     def logprobs(self) -> torch.Tensor:
         """Log-probability of each target token ``[B, K]`` (fp32), 0 where unscored."""
         logp = torch.log_softmax(self.logits.float(), dim=-1)
-        picked = logp.gather(-1, self.targets[self.mask].unsqueeze(-1)).squeeze(-1)
-        return torch.zeros(self.mask.shape, dtype=picked.dtype,
-                           device=picked.device).masked_scatter(self.mask, picked)
+        return self.laid_out(logp.gather(-1, self.targets[self.mask].unsqueeze(-1)).squeeze(-1))
+
+    def laid_out(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` ``[N]``, one per scored token in the order of ``logits``, laid out
+        ``[B, K]`` like ``mask``: zero (False) where a row scores nothing."""
+        return torch.zeros(self.mask.shape, dtype=values.dtype,
+                           device=values.device).masked_scatter(self.mask, values)
 
 
 @cache
@@ -327,23 +332,20 @@ def _answer_states(body: Any, batch: dict[str, torch.Tensor], mask: torch.Tensor
     # a row's width: up to its last attended token (right padding; a left-padded row is
     # its whole width, and nothing is cut)
     widths = (attention.shape[1] - attention.flip(-1).argmax(-1)).tolist()
-    groups = length_groups(widths, overhead)
-    if len(groups) == 1:
-        width = max(widths)
-        states = body(input_ids=ids[:, :width],
-                      attention_mask=attention[:, :width]).last_hidden_state
-        return states[:, :-1][mask[:, :width - 1]]
     counts = mask.sum(-1).tolist()
-    offsets = [sum(counts[:i]) for i in range(len(counts))]
+    offsets = list(accumulate(counts, initial=0))  # where each row's states start
     parts: list[torch.Tensor] = []
     where: list[int] = []
-    for group in groups:
+    for group in length_groups(widths, overhead):
+        group = sorted(group)  # the given order within a group: one group is row-major
         width = max(widths[i] for i in group)
         rows = torch.tensor(group, device=ids.device)
         states = body(input_ids=ids[rows, :width],
                       attention_mask=attention[rows, :width]).last_hidden_state
         parts.append(states[:, :-1][mask[rows, :width - 1]])
         where.extend(j for i in group for j in range(offsets[i], offsets[i] + counts[i]))
+    if len(parts) == 1:
+        return parts[0]
     # parts are group by group; row-major order puts state k where it sits in the batch
     place = torch.tensor(where, device=ids.device).argsort()
     return torch.cat(parts)[place]
@@ -357,10 +359,10 @@ def answer_logits(model: Any, batch: dict[str, torch.Tensor],
     full-vocabulary softmax would otherwise be spent on every prompt token too.
 
     For the :data:`PLAIN_HEAD_MODELS` the decoder runs on its own, on rows grouped by
-    length (:func:`length_groups`: a batch of TOFU's forget answers is 30 % padding),
-    and the output layer only at the scored tokens. Other models get ``logits_to_keep``
-    (the positions that predict a target in any row), or compute every position and are
-    cut, and the whole batch runs as one."""
+    length unless ``hidden`` is asked for (:func:`length_groups`: a batch of TOFU's
+    forget answers is 30 % padding), and the output layer only at the scored tokens.
+    Other models get ``logits_to_keep`` (the positions that predict a target in any
+    row), or compute every position and are cut, and the whole batch runs as one."""
     targets = batch["labels"][:, 1:]  # position t predicts token t + 1
     full_mask = targets != -100
     positions = full_mask.any(0).nonzero().squeeze(-1)
@@ -376,7 +378,8 @@ def answer_logits(model: Any, batch: dict[str, torch.Tensor],
         else:
             device = batch["input_ids"].device.type
             states = _answer_states(body, batch, full_mask,
-                                    GROUP_OVERHEAD_TOKENS.get(device, 4096))
+                                    GROUP_OVERHEAD_TOKENS.get(device,
+                                                              GROUP_OVERHEAD_TOKENS["cuda"]))
         logits = base.get_output_embeddings()(states)
     else:
         kwargs: dict[str, Any] = {"output_hidden_states": True} if hidden else {}

@@ -180,7 +180,7 @@ def score_items(
               ) -> Iterable[tuple[float, int, bool, float]]:
         out = answer_logits(model, batch)
         logp, mask, labels = out.logprobs(), out.mask, out.targets
-        hit = torch.zeros_like(mask).masked_scatter(mask, out.logits.argmax(-1) == labels[mask])
+        hit = out.laid_out(out.logits.argmax(-1) == labels[mask])
         scored = mask & (labels != eos) if eos is not None else mask
         mks = ([min_k_mean(lp[m].float().tolist()) for lp, m in zip(logp, mask, strict=True)]
                if min_k else [math.nan] * len(logp))
