@@ -641,6 +641,72 @@ def test_membership_rule_trains_on_the_pending_items_alone(
     assert trained == [list(range(n_items)), [2, 5, 11], list(range(n_items))]
 
 
+@pytest.mark.parametrize("backoff, expected", [
+    (4, [1, 3, 7, 11, 15, 16, 17, 18, 19]),
+    (1, list(range(1, 20))),
+])
+def test_membership_checks_back_off_until_the_auc_moves(
+        demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, backoff: int, expected: list[int]) -> None:
+    """While the AUC reads at least its first reading (above the bar, nothing held), the
+    gap to the next check doubles up to ``stop_check_backoff`` passes; the first reading
+    below the first returns to a check every pass for good, whatever comes later."""
+    from workers.engine import training
+
+    aucs = iter([1.0, 1.0, 1.0, 1.0, 0.9])
+    checked: list[int] = []
+    steps: list[int] = []
+
+    def read(self: Any, model: Any, cfg: Any) -> training.ProbeReading:
+        checked.append(len(steps))
+        return training.ProbeReading(next(aucs, 1.0), None, False, None)
+
+    monkeypatch.setattr(training.MembershipProbe, "read", read)
+    model, tok = load_version(demo_model_dir)
+    cfg = NPOMethodConfig(forget_steps_per_pass=None, batch_size=20,  # a pass = 1 step
+                          max_steps=20, stop_check_backoff=backoff)
+    result = run_unlearning(model, tok, sets["forget"], sets["retain"], cfg, tmp_path,
+                            lambda step, total, loss: steps.append(step) is None,
+                            holdout=sets["holdout"])
+    assert result.steps == 20 and not result.stopped_early
+    assert checked == expected
+
+
+def test_membership_check_backoff_trains_the_same_adapter(
+        demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the real probe: the checks the backoff skips read the AUC above the bar, so
+    the run trains the same adapter, stops at the same step and calibrates to the same
+    strength as with a check every pass, with fewer readings."""
+    from workers.engine import training
+
+    read = training.MembershipProbe.read
+    results, readings = [], []
+    for backoff in (1, 4):
+        seen: list[float] = []
+
+        def spy(self: Any, model: Any, cfg: Any, seen: list[float] = seen
+                ) -> training.ProbeReading:
+            reading = read(self, model, cfg)
+            seen.append(reading.auc)
+            return reading
+
+        monkeypatch.setattr(training.MembershipProbe, "read", spy)
+        model, tok = load_version(demo_model_dir)
+        cfg = NPOMethodConfig(forget_steps_per_pass=None, batch_size=20, epochs=40,
+                              stop_check_backoff=backoff)
+        results.append(run_unlearning(model, tok, sets["forget"], sets["retain"], cfg,
+                                      tmp_path / str(backoff), holdout=sets["holdout"]))
+        readings.append(seen)
+    every, backed = results
+    assert every.stopped_early and every.adapter_scale < 1.0
+    assert backed.adapter_sha256 == every.adapter_sha256
+    assert (backed.steps, backed.adapter_scale) == (every.steps, every.adapter_scale)
+    # checks at steps 1, 3, 7 and 11, where the AUC has moved, then every step
+    assert readings[1] == [readings[0][i] for i in [0, 2, 6, *range(10, len(readings[0]))]]
+    assert readings[0][0] == readings[0][6] and readings[0][10] < readings[0][0]
+
+
 def test_settle_passes_train_on_past_the_rule_and_skip_calibration(
         demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -683,6 +749,10 @@ def test_inert_settings_name_what_the_stopping_rule_ignores():
     off = parse_method_config({"method": "grad_diff", "stop_probability": 0.1})
     assert off.inert_settings() == ["stop_probability has no effect while early_stop is false"]
     assert parse_method_config({"method": "npo", "stop_auc_sigmas": 1.0}).inert_settings()
+    assert parse_method_config({"method": "npo", "stop_rule": "likelihood",
+                                "stop_check_backoff": 1}).inert_settings() == [
+        "stop_check_backoff has no effect under stop_rule 'likelihood' (it belongs to the "
+        "'membership' rule)"]
     assert parse_method_config({"method": "npo", "settle_passes": 2,
                                 "calibration_margin": 0.1}).inert_settings()
     assert parse_method_config({"method": "npo", "granularity": "sequence",
@@ -693,6 +763,7 @@ def test_inert_settings_name_what_the_stopping_rule_ignores():
     # switches NPO to the likelihood rule keeps NPO's default calibration margin
     for data in ({"method": "npo"},
                  {"method": "npo", "stop_score": "preference", "stop_auc_sigmas": 1.0},
+                 {"method": "npo", "stop_check_backoff": 1},
                  {"method": "npo", "stop_rule": "likelihood", "stop_ratio": 0.5},
                  {"method": "grad_diff", "early_stop": True, "stop_probability": 0.1},
                  {**default_config("npo").model_dump(), "stop_rule": "likelihood"},

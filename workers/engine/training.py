@@ -554,6 +554,11 @@ def run_unlearning(
     steps_per_epoch = math.ceil(len(items) / forget_bs)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
     check_every = cfg.stop_check_every or steps_per_epoch
+    # membership rule: while the AUC has not moved below its first reading, each check
+    # doubles the interval to the next, up to stop_check_backoff intervals
+    interval, next_check = check_every, check_every
+    first_auc: float | None = None
+    backing_off = cfg.stop_check_backoff > 1
     gen = torch.Generator().manual_seed(cfg.seed)
     all_items = list(range(len(items)))
     pool = all_items  # the forget items trained on
@@ -614,7 +619,7 @@ def run_unlearning(
             history.append(loss_value)
             if on_progress is not None and on_progress(step, total, loss_value) is False:
                 raise Cancelled(step, total)
-            check = step % check_every == 0 and step < total
+            check = step == next_check and step < total
             # membership rule: forgotten once a membership attack cannot tell these
             # people from strangers; damage done on the way is repaired before stopping,
             # and if the repair brought some of them back, forgetting resumes
@@ -622,6 +627,15 @@ def run_unlearning(
                 reading = probe.read(peft_model, cfg)
                 log.debug("step %d of %d: membership AUC %.3f, forgotten %s", step, total,
                           reading.auc, reading.forgotten)
+                if backing_off:
+                    # a reading with the AUC above the bar measures nothing else, so one
+                    # skipped changes neither the pool nor any decision
+                    first_auc = reading.auc if first_auc is None else first_auc
+                    if (reading.held is None and not reading.forgotten
+                            and reading.auc >= first_auc):
+                        interval = min(2 * interval, cfg.stop_check_backoff * check_every)
+                    else:
+                        backing_off, interval = False, check_every
                 # once membership can no longer tell, while answers are still held,
                 # training goes on with the pending items alone (the held answers and
                 # those still above a stranger's level): the rest are at a stranger's
@@ -651,6 +665,8 @@ def run_unlearning(
                 elif done and (settle_end is None or step >= settle_end):
                     stopped_early = True
                     break
+            if check:
+                next_check = step + interval
             if targets is not None and check:
                 # an item is forgotten once its answer is no more likely than the same
                 # answer about a stranger; more steps would only make it stand out and

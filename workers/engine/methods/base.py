@@ -132,6 +132,20 @@ class BaseMethodConfig(BaseModel):
     one of these rules' settings where the rule in force ignores it
     (:meth:`inert_settings`).
 
+    Until training first moves the membership AUC below its first reading, the interval
+    between the membership rule's checks doubles after each check, up to
+    ``stop_check_backoff`` times ``stop_check_every`` (1: a check at every interval).
+    Such a reading cannot stop training or change what it trains on (the AUC is above
+    the bar, nothing is held or pending, no repair runs), so a skipped one changes
+    nothing unless the AUC would have reached the bar in the gap; the first reading
+    below the first returns to every interval for good. An adapter must first wear down
+    the margin of answers the model is sure of: TOFU forget05's full-size model read
+    AUC 1.0 at each of the first 14 checks, forget01's (``--authors 10``, five model
+    pairs) at the first five or six. The backoff took 10 and 4 of those checks out, with
+    the same result on every pair (forget05: 7 % less time). The AUC took 3 passes or
+    more from its last 1.0 to the bar, so a gap of 4 sees such a fall at most one pass
+    late (docs/benchmarks.md).
+
     Context noise (``context_noise``, a share in [0, 1)): each step, that share of the
     forget answers' *input* tokens is replaced by random vocabulary tokens while every
     target stays the true answer token, so the loss reaches the answer's facts through a
@@ -172,6 +186,7 @@ class BaseMethodConfig(BaseModel):
     early_stop: bool = False
     stop_probability: float | None = Field(None, gt=0.0, lt=1.0)
     stop_check_every: int | None = Field(None, ge=1)
+    stop_check_backoff: int = Field(4, ge=1)
     stop_ratio: float = Field(1.0, gt=0.0, le=1.0)
     stop_rule: Literal["likelihood", "membership"] = "likelihood"
     stop_auc: float = Field(0.5, gt=0.0, lt=1.0)
@@ -228,7 +243,7 @@ class BaseMethodConfig(BaseModel):
 # settings read only by the membership stopping rule (workers.engine.training)
 _MEMBERSHIP_SETTINGS = ("stop_auc", "stop_auc_sigmas", "stop_score", "stop_margin",
                         "stop_accuracy_margin", "stop_held_share", "settle_passes",
-                        "repair_ratio", "calibration_margin")
+                        "repair_ratio", "calibration_margin", "stop_check_backoff")
 # settings read only when early stopping is on (either rule)
 _STOP_SETTINGS = ("stop_probability", "stop_check_every", "stop_ratio", "stop_rule",
                   *_MEMBERSHIP_SETTINGS)
