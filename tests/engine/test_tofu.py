@@ -143,3 +143,40 @@ def test_run_tofu_cache_reuses_trained_models(monkeypatch: pytest.MonkeyPatch,
     assert first["original_sha256"] != first["reference_sha256"]
     # one entry per authors, recipe and seed (the key is what the models depend on)
     assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_cache_entry_is_trained_once_by_concurrent_runs(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    """Two runs that want the same cached model at once (two settings compared side by
+    side): one trains it, the other waits for the lock and loads what was saved."""
+    import threading
+    import time
+
+    import workers.engine.tofu as tofu
+
+    rows = [{"question": f"Where was person {i} born?", "answer": f"In town number {i}."}
+            for i in range(8)]
+    template = PromptTemplate(DEFAULT_TEMPLATE)
+    tokenizer = fit_tokenizer(rows, template, MICRO.vocab_size)
+    trained: list[int] = []
+
+    def slow_train(*args: object, **kwargs: object) -> None:
+        trained.append(1)
+        time.sleep(0.5)  # long enough for the other run to reach the lock meanwhile
+
+    monkeypatch.setattr(tofu, "train", slow_train)
+    results: list[tuple[object, float]] = []
+
+    def run() -> None:
+        results.append(tofu._train_model(rows, tokenizer, template, MICRO, 0,
+                                         tmp_path / "entry" / "original"))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert trained == [1]
+    assert len(results) == 2 and results[0][1] == results[1][1]
+    first, second = (tofu.weights_digest(m) for m, _ in results)
+    assert first == second

@@ -36,7 +36,8 @@ import json
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -299,12 +300,40 @@ def weights_digest(model: Any) -> str:
     return h.hexdigest()
 
 
+@contextmanager
+def _cache_lock(entry: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the cache directory ``entry`` against other processes.
+
+    Two benchmark runs of the same authors, recipe and seed (two settings compared side
+    by side) would otherwise both train the same model into the same directory; with the
+    lock the second waits for the first and then loads what it saved."""
+    import fcntl
+
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with open(entry.parent / f".{entry.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _train_model(rows: Sequence[dict[str, Any]], tokenizer: Any, template: PromptTemplate,
                  recipe: Recipe, seed: int, cache: Path | None = None,
                  device: str = "cpu") -> tuple[Any, float]:
     """Train a model on ``rows`` on ``device``; with ``cache`` (a directory), reuse the
     model saved there by an earlier run of the same rows, recipe and seed (the training
-    time reported is the one measured when it was trained)."""
+    time reported is the one measured when it was trained). A run that finds another
+    process training the same entry waits for it."""
+    if cache is None:
+        return _train_uncached(rows, tokenizer, template, recipe, seed, None, device)
+    with _cache_lock(cache):
+        return _train_uncached(rows, tokenizer, template, recipe, seed, cache, device)
+
+
+def _train_uncached(rows: Sequence[dict[str, Any]], tokenizer: Any, template: PromptTemplate,
+                    recipe: Recipe, seed: int, cache: Path | None,
+                    device: str) -> tuple[Any, float]:
     if cache is not None and (cache / "seconds.json").exists():
         from transformers import AutoModelForCausalLM
 
@@ -420,14 +449,15 @@ def run_tofu(
             # the trained rows are not all among the tokenizer's ("retain")
             key = _cache_key([*tokenizer_rows, *sets.retain, *sets.forget], recipe, seed)
             cache = Path(cache_dir) / f"{split}-{sets.n_authors}-{key}"
-        if cache is not None and (cache / "tokenizer" / "tokenizer.json").exists():
-            from transformers import AutoTokenizer
+        with _cache_lock(cache / "tokenizer") if cache is not None else nullcontext():
+            if cache is not None and (cache / "tokenizer" / "tokenizer.json").exists():
+                from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(str(cache / "tokenizer"))
-        else:
-            tokenizer = fit_tokenizer(tokenizer_rows, template, recipe.vocab_size)
-            if cache is not None:  # save_pretrained creates the directories
-                tokenizer.save_pretrained(str(cache / "tokenizer"))
+                tokenizer = AutoTokenizer.from_pretrained(str(cache / "tokenizer"))
+            else:
+                tokenizer = fit_tokenizer(tokenizer_rows, template, recipe.vocab_size)
+                if cache is not None:  # save_pretrained creates the directories
+                    tokenizer.save_pretrained(str(cache / "tokenizer"))
         say(f"{sets.n_authors} authors ({sets.n_forget_authors} forget), "
             f"{len(sets.retain) + len(sets.forget)} training rows")
 
