@@ -755,6 +755,11 @@ def test_inert_settings_name_what_the_stopping_rule_ignores():
         "'membership' rule)"]
     assert parse_method_config({"method": "npo", "settle_passes": 2,
                                 "calibration_margin": 0.1}).inert_settings()
+    # NPO's repair bar is its own (0.95); the base config's 0.98 is a setting given to it
+    assert parse_method_config({"method": "npo", "stop_rule": "likelihood",
+                                "repair_ratio": 0.98}).inert_settings() == [
+        "repair_ratio has no effect under stop_rule 'likelihood' (it belongs to the "
+        "'membership' rule)"]
     assert parse_method_config({"method": "npo", "granularity": "sequence",
                                 "odds_gradient": True}).inert_settings() == [
         "odds_gradient has no effect with granularity 'sequence' (it acts on each answer "
