@@ -37,7 +37,7 @@ import math
 import re
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,12 +301,16 @@ def weights_digest(model: Any) -> str:
 
 
 @contextmanager
-def _cache_lock(entry: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the cache directory ``entry`` against other processes.
+def _cache_lock(entry: Path | None) -> Iterator[None]:
+    """Hold an exclusive lock on the cache directory ``entry`` against other processes
+    (nothing to hold without a cache).
 
     Two benchmark runs of the same authors, recipe and seed (two settings compared side
     by side) would otherwise both train the same model into the same directory; with the
     lock the second waits for the first and then loads what it saved."""
+    if entry is None:
+        yield
+        return
     import fcntl
 
     entry.parent.mkdir(parents=True, exist_ok=True)
@@ -325,32 +329,24 @@ def _train_model(rows: Sequence[dict[str, Any]], tokenizer: Any, template: Promp
     model saved there by an earlier run of the same rows, recipe and seed (the training
     time reported is the one measured when it was trained). A run that finds another
     process training the same entry waits for it."""
-    if cache is None:
-        return _train_uncached(rows, tokenizer, template, recipe, seed, None, device)
     with _cache_lock(cache):
-        return _train_uncached(rows, tokenizer, template, recipe, seed, cache, device)
+        if cache is not None and (cache / "seconds.json").exists():
+            from transformers import AutoModelForCausalLM
 
-
-def _train_uncached(rows: Sequence[dict[str, Any]], tokenizer: Any, template: PromptTemplate,
-                    recipe: Recipe, seed: int, cache: Path | None,
-                    device: str) -> tuple[Any, float]:
-    if cache is not None and (cache / "seconds.json").exists():
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(str(cache)).to(device)  # type: ignore[arg-type]
-        return model, float(json.loads((cache / "seconds.json").read_text())["seconds"])
-    torch.manual_seed(seed)
-    model = make_model(recipe, tokenizer).to(device)
-    examples = [template.example(r["question"], r["answer"]) for r in rows]
-    t0 = time.perf_counter()
-    train(model, tokenizer, examples, recipe, seed)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    if cache is not None:
-        model.save_pretrained(str(cache), safe_serialization=True)
-        (cache / "seconds.json").write_text(json.dumps({"seconds": seconds}))
-    return model, seconds
+            model = AutoModelForCausalLM.from_pretrained(str(cache)).to(device)  # type: ignore[arg-type]
+            return model, float(json.loads((cache / "seconds.json").read_text())["seconds"])
+        torch.manual_seed(seed)
+        model = make_model(recipe, tokenizer).to(device)
+        examples = [template.example(r["question"], r["answer"]) for r in rows]
+        t0 = time.perf_counter()
+        train(model, tokenizer, examples, recipe, seed)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        if cache is not None:
+            model.save_pretrained(str(cache), safe_serialization=True)
+            (cache / "seconds.json").write_text(json.dumps({"seconds": seconds}))
+        return model, seconds
 
 
 TOKENIZER_TEXTS = ("retain", "scored")
@@ -449,7 +445,7 @@ def run_tofu(
             # the trained rows are not all among the tokenizer's ("retain")
             key = _cache_key([*tokenizer_rows, *sets.retain, *sets.forget], recipe, seed)
             cache = Path(cache_dir) / f"{split}-{sets.n_authors}-{key}"
-        with _cache_lock(cache / "tokenizer") if cache is not None else nullcontext():
+        with _cache_lock(None if cache is None else cache / "tokenizer"):
             if cache is not None and (cache / "tokenizer" / "tokenizer.json").exists():
                 from transformers import AutoTokenizer
 
