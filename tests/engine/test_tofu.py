@@ -109,6 +109,10 @@ def test_run_tofu_smoke(monkeypatch: pytest.MonkeyPatch) -> None:
     assert report["privleak"] == pytest.approx(
         (report["mia_auc"] - report["mia_auc_reference"]) / report["mia_auc_reference"] * 100)
     assert set(report["by_method"]) == {"npo", "task_vector"}
+    # where the first method's unlearning seconds went, to the hundredth
+    timings = report["unlearn_timings"]
+    assert timings == report["by_method"]["npo"]["unlearn_timings"]
+    assert sum(timings.values()) == pytest.approx(report["unlearn_seconds"], abs=0.05)
     # one seed for the models and the unlearning
     assert report["seed"] == 3 and report["by_method"]["npo"]["method_config"]["seed"] == 3
     assert report["tokenizer_text"] == "retain"

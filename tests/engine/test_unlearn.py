@@ -146,6 +146,14 @@ def test_result_describes_the_run(unlearned: dict[str, Any], sets: dict[str, Any
     assert [c[0] for c in calls] == list(range(1, result.steps + 1))
     assert {c[1] for c in calls} == {cfg.epochs * per_epoch}  # the cap, known up front
     assert not result.model.training
+    # where the seconds went: every part measured, adding up to the whole call
+    timings = result.timings
+    assert set(timings) == {"setup", "training", "checks", "calibration", "finish"}
+    assert all(timings[part] > 0 for part in timings), timings
+    assert sum(timings.values()) == pytest.approx(result.seconds, rel=1e-6)
+    # one reading at most per pass (fewer while the checks back off), the last one stopped
+    assert 1 <= result.stop_checks <= result.steps // per_epoch
+    assert summary["timings"] == timings and summary["stop_checks"] == result.stop_checks
 
 
 def test_membership_rule_holds_the_items_and_their_paraphrases_to_the_bars_apart(

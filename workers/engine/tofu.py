@@ -22,7 +22,10 @@ then unlearns the forget split from the original with
   model tells forgotten from never-seen authors no better or worse than retraining does,
   strongly negative when it over-unlearns (the forgotten authors stand out as *less*
   familiar than never-seen ones);
-- ``unlearn_seconds``, ``retrain_seconds``, ``original_seconds`` (wall clock).
+- ``unlearn_seconds``, ``retrain_seconds``, ``original_seconds`` (wall clock); per
+  method, ``unlearn_timings`` says where the unlearning seconds went (setup, training
+  steps, the ``stop_checks`` readings of the stopping rule, calibration, finish; see
+  :class:`~workers.engine.unlearn.UnlearnResult`).
 
 Author selection: ``authors`` = N keeps the forget split's k authors (the last k of
 ``full``) and the first N − k authors of ``full`` as the retain authors (the ones
@@ -495,6 +498,8 @@ def run_tofu(
                 "privleak": privleak(s_unl.mia_auc, s_ref.mia_auc),
                 "unlearn_seconds": result.seconds,
                 "unlearn_steps": result.steps,
+                "unlearn_timings": {k: round(v, 2) for k, v in result.timings.items()},
+                "stop_checks": result.stop_checks,
                 "stopped_early": result.stopped_early,
                 "adapter_scale": result.adapter_scale,
                 "scores": asdict(s_unl),
@@ -528,6 +533,7 @@ def run_tofu(
             "original_sha256": weights_digest(original),
             "reference_sha256": weights_digest(reference),
             "unlearn_steps": first["unlearn_steps"],
+            "unlearn_timings": first["unlearn_timings"],
             "utility_sets": ["retain"],
             "utility_note": "model utility = harmonic mean of retain probability, ROUGE-L "
                             "recall, truth-ratio score; real_authors/world_facts are "

@@ -107,6 +107,16 @@ def stop_targets(cfg: BaseMethodConfig, model: Any, tokenizer: Any, items: Seque
     return cfg.stop_ratio * level
 
 
+@contextlib.contextmanager
+def _timed(spent: dict[str, float], key: str) -> Any:
+    """Add the seconds the ``with`` block takes to ``spent[key]``."""
+    began = time.perf_counter()
+    try:
+        yield
+    finally:
+        spent[key] = spent.get(key, 0.0) + time.perf_counter() - began
+
+
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -494,6 +504,8 @@ def run_unlearning(
     if not forget:
         raise ValueError("nothing to forget")
     started = time.perf_counter()
+    # where the call's seconds go (UnlearnResult.timings)
+    spent = dict.fromkeys(("setup", "training", "checks", "calibration", "finish"), 0.0)
     device = next(model.parameters()).device
     items = forget_items(forget, cfg.include_paraphrases)
     alts = None
@@ -586,8 +598,17 @@ def run_unlearning(
     settle_end: int | None = None  # membership rule met: the step settling runs to
     scores = None
     held: torch.Tensor | None = None
+    stop_checks = 0  # readings of the stopping rule during training
+
+    def measured(measure: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``measure(*args, **kwargs)``, its seconds counted as a stop check's."""
+        with _timed(spent, "checks"):
+            return measure(*args, **kwargs)
+
+    spent["setup"] = time.perf_counter() - started
     try:
         peft_model.train()
+        loop_began = time.perf_counter()
         while step < total:
             step += 1
             idx = [pool[next(forget_order)] for _ in range(min(forget_bs, len(pool)))]
@@ -624,7 +645,8 @@ def run_unlearning(
             # people from strangers; damage done on the way is repaired before stopping,
             # and if the repair brought some of them back, forgetting resumes
             if probe is not None and check:
-                reading = probe.read(peft_model, cfg)
+                reading = measured(probe.read, peft_model, cfg)
+                stop_checks += 1
                 log.debug("step %d of %d: membership AUC %.3f, forgotten %s", step, total,
                           reading.auc, reading.forgotten)
                 if backing_off:
@@ -651,11 +673,11 @@ def run_unlearning(
                     pool, forget_order = now_pool, cycle_indices(len(now_pool), gen)
                 done = False
                 if repairing:
-                    if probe.retain_kept(peft_model, cfg.repair_ratio):
+                    if measured(probe.retain_kept, peft_model, cfg.repair_ratio):
                         done = reading.forgotten
                         repairing = False
                 elif reading.forgotten:
-                    done = probe.retain_kept(peft_model, cfg.repair_ratio)
+                    done = measured(probe.retain_kept, peft_model, cfg.repair_ratio)
                     repairing = not done
                 if done and settle_end is None and cfg.settle_passes:
                     # met: train on past the transition the rule stops in (see
@@ -671,33 +693,36 @@ def run_unlearning(
                 # an item is forgotten once its answer is no more likely than the same
                 # answer about a stranger; more steps would only make it stand out and
                 # cost other people's facts
-                scores = score_items(peft_model, tokenizer, items, cfg.max_length,
-                                     rows=item_rows)
+                scores = measured(score_items, peft_model, tokenizer, items, cfg.max_length,
+                                  rows=item_rows)
+                stop_checks += 1
                 if bool((scores.item_probability <= targets).all()):
                     stopped_early = True
                     break
                 scores = None
+        spent["training"] = time.perf_counter() - loop_began - spent["checks"]
         if method.negate_adapter:
             _scale_lora(peft_model, -float(getattr(cfg, "negation_scale", 1.0)))
         peft_model.eval()
         scale = 1.0
-        if stopped_early and probe is not None and not cfg.settle_passes:
-            scale = _calibrate(peft_model,
-                               lambda: probe.forgotten(peft_model, cfg))
-            if cfg.calibration_margin and scale < 1.0:
-                final = scale + cfg.calibration_margin * (1.0 - scale)
-                _scale_lora(peft_model, final / scale)
-                scale = final
-        elif stopped_early and targets is not None:
-            stop_at = targets
+        with _timed(spent, "calibration"):
+            if stopped_early and probe is not None and not cfg.settle_passes:
+                scale = _calibrate(peft_model,
+                                   lambda: probe.forgotten(peft_model, cfg))
+                if cfg.calibration_margin and scale < 1.0:
+                    final = scale + cfg.calibration_margin * (1.0 - scale)
+                    _scale_lora(peft_model, final / scale)
+                    scale = final
+            elif stopped_early and targets is not None:
+                stop_at = targets
 
-            def forgotten() -> bool:
-                probs = score_items(peft_model, tokenizer, items, cfg.max_length,
-                                    rows=item_rows).item_probability
-                return bool((probs <= stop_at).all())
+                def forgotten() -> bool:
+                    probs = score_items(peft_model, tokenizer, items, cfg.max_length,
+                                        rows=item_rows).item_probability
+                    return bool((probs <= stop_at).all())
 
-            scale = _calibrate(peft_model, forgotten)
-            scores = None
+                scale = _calibrate(peft_model, forgotten)
+                scores = None
         if scores is None or method.negate_adapter:
             scores = score_items(peft_model, tokenizer, items, cfg.max_length, rows=item_rows)
         out = Path(out_dir)
@@ -713,6 +738,8 @@ def run_unlearning(
     if cfg.gradient_checkpointing and device.type == "cuda":
         model.gradient_checkpointing_disable()  # the model peft wrapped, LoRA layers and all
 
+    seconds = time.perf_counter() - started
+    spent["finish"] = seconds - sum(spent.values())
     return UnlearnResult(
         adapter_dir=str(out),
         adapter_sha256=sha256_file(out / ADAPTER_WEIGHTS),
@@ -723,7 +750,9 @@ def run_unlearning(
         forget_probability=scores.mean_probability,
         forget_known=int(scores.known.sum()),
         final_loss=loss_value,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
+        timings=spent,
+        stop_checks=stop_checks,
         config=cfg.model_dump(mode="json"),
         n_forget=len(items),
         n_retain=len(retain_list),

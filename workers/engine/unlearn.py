@@ -74,7 +74,11 @@ class UnlearnResult:
     stopping); ``forget_probability``/``forget_known`` the trained forget items' mean
     answer probability and how many are still greedy answers, at the end;
     ``adapter_scale`` the strength early stopping's calibration kept (1: as trained).
-    ``model`` is
+    ``timings``: where ``seconds`` went — ``setup`` (tokenising, the reference pass, the
+    stopping rule's baselines), ``training`` (the optimiser steps), ``checks`` (the
+    ``stop_checks`` readings of the stopping rule during training), ``calibration`` (the
+    adapter's strength, :data:`~workers.engine.training.CALIBRATION_STEPS` readings) and
+    ``finish`` (the final scores, saving the adapter). ``model`` is
     the candidate: the peft-wrapped model, adapter active, in eval mode — the same object
     the caller passed in, now with LoRA layers injected (``model.unload()`` gives the
     parent back, ``model.merge_and_unload()`` a plain model).
@@ -93,6 +97,8 @@ class UnlearnResult:
     n_retain: int
     stop_target: float | None = None
     adapter_scale: float = 1.0
+    timings: dict[str, float] = field(default_factory=dict)
+    stop_checks: int = 0
     loss_history: list[float] = field(default_factory=list)
     model: Any = field(default=None, repr=False, compare=False)
 
