@@ -321,6 +321,12 @@ def attempts(job: UnlearningJob) -> list[dict[str, Any]]:
                 "config": _scalars(config, set()),
                 "summary": {
                     **_scalars(unlearning, {"config", "loss_history", "adapter_dir"}),
+                    # where the unlearning's seconds went (setup, training, checks, ...)
+                    **{
+                        f"{part}_seconds": finite(value)
+                        for part, value in _dict(unlearning.get("timings")).items()
+                        if isinstance(value, int | float)
+                    },
                     **_scalars(item, _ATTEMPT_SKIP),
                 },
                 "passed": passed,

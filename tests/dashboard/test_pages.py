@@ -345,6 +345,7 @@ def test_job_page_shows_progress_metrics_and_every_attempt(world, signed_in):
                     "passed": True,
                     "steps": 40,
                     "final_loss": 0.5,
+                    "unlearning": {"timings": {"training": 12.75, "checks": 3.5}},
                     "verification": support.verification_metrics(None),
                 },
             ],
@@ -354,6 +355,10 @@ def test_job_page_shows_progress_metrics_and_every_attempt(world, signed_in):
         assert "Attempt 1" in page and "Attempt 2" in page
         assert "forget accuracy 0.75 above 0.25" in page and "0.003" in page
         data = json.loads(page.split('id="job-data">')[1].split("</script>")[0])
+        # where the attempt's unlearning seconds went
+        summary = data["job"]["attempt_list"][1]["summary"]
+        assert summary["training_seconds"] == 12.75 and summary["checks_seconds"] == 3.5
+        assert "training_seconds" in page
         assert (
             data["job"]["attempt_list"][1]["verification"][0]["after"]["mean_probability"] is None
         )
