@@ -29,6 +29,7 @@ from workers.engine.qa import (
 from workers.engine.tofu import token_scores
 from workers.engine.training import (
     MembershipProbe,
+    _calibrate,
     _reference_cache,
     forget_batch_size,
     run_unlearning,
@@ -543,3 +544,37 @@ def test_forget_loss_acts_on_the_answer_not_the_end_of_sequence(
         assert all(len(a) > 0 and int(a[-1]) != eos for a in answers)
         # the reference's per-token log-probabilities cover the same tokens
         assert [len(r) for r in refs] == [len(a) for a in answers]
+
+
+class _Adapter(torch.nn.Module):
+    """A stand-in for a peft model: one LoRA B matrix the calibration scales."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lora_B = torch.nn.Parameter(torch.ones(1))
+
+
+@pytest.mark.parametrize(
+    ("threshold", "readings", "expected"),
+    [
+        (0.999, 1, 1.0),  # the rule holds at full strength only: one reading settles it
+        (0.8, 8, 103 / 128),  # the least strength of 2^-7 steps at which it holds
+        (0.3, 8, 39 / 128),
+    ],
+)
+def test_calibration_scales_the_adapter_back_to_the_weakest_strength_that_holds(
+    threshold: float, readings: int, expected: float
+) -> None:
+    adapter = _Adapter()
+    strengths: list[float] = []
+
+    def holds() -> bool:
+        strengths.append(float(adapter.lora_B))
+        return strengths[-1] >= threshold
+
+    assert _calibrate(adapter, holds) == pytest.approx(expected)
+    assert float(adapter.lora_B) == pytest.approx(expected, rel=1e-6)
+    # the first reading just below full strength, then (if it holds) the bisection
+    assert len(strengths) == readings and strengths[0] == pytest.approx(127 / 128)
+    if readings > 1:
+        assert strengths[1] == pytest.approx(0.5)

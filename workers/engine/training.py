@@ -461,8 +461,21 @@ def _calibrate(peft_model: Any, holds: Callable[[], bool]) -> float:
     likely than a stranger stands out (membership inference sees it), and the extra
     strength costs other people's facts. The adapter's effect is ΔW = B·A, so scaling B
     interpolates between the parent (0) and the trained candidate (1); a bisection on
-    the rule finds the point where forgetting is just complete."""
-    low, high, current = 0.0, 1.0, 1.0
+    the rule finds the point where forgetting is just complete, to within
+    2^-:data:`CALIBRATION_STEPS`.
+
+    The first reading is at the strength just below full (1 − 2^-CALIBRATION_STEPS, the
+    bisection's last point before 1): training stops at the first check where the rule
+    holds, often at its very edge, and then no weaker adapter holds. One reading then
+    settles it, where the bisection would take every one of its readings to return 1
+    (TOFU forget05 at full size: one answer of 200 still held at every strength below
+    full, 40 s of a 237 s run). When it holds, the bisection runs as it would have."""
+    edge = 1.0 - 2.0**-CALIBRATION_STEPS
+    _scale_lora(peft_model, edge)
+    if not holds():
+        _scale_lora(peft_model, 1.0 / edge)
+        return 1.0
+    low, high, current = 0.0, 1.0, edge
     for _ in range(CALIBRATION_STEPS):
         mid = (low + high) / 2
         _scale_lora(peft_model, mid / current)
