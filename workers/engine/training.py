@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,7 @@ def stop_targets(cfg: BaseMethodConfig, model: Any, tokenizer: Any, items: Seque
 
 
 @contextlib.contextmanager
-def _timed(spent: dict[str, float], key: str) -> Any:
+def _timed(spent: dict[str, float], key: str) -> Iterator[None]:
     """Add the seconds the ``with`` block takes to ``spent[key]``."""
     began = time.perf_counter()
     try:

@@ -75,12 +75,11 @@ class UnlearnResult:
     answer probability and how many are still greedy answers, at the end;
     ``adapter_scale`` the strength early stopping's calibration kept (1: as trained).
     ``timings``: where ``seconds`` went — ``setup`` (tokenising, the reference pass, the
-    stopping rule's baselines), ``training`` (the optimiser steps), ``checks`` (the
-    ``stop_checks`` readings of the stopping rule during training), ``calibration`` (the
-    adapter's strength: one reading, or one more than
-    :data:`~workers.engine.training.CALIBRATION_STEPS`) and
-    ``finish`` (the final scores, saving the adapter). ``model`` is
-    the candidate: the peft-wrapped model, adapter active, in eval mode — the same object
+    stopping rule's baselines), ``training`` (the steps and their progress reports),
+    ``checks`` (the ``stop_checks`` readings of the stopping rule during training),
+    ``calibration`` (the adapter's strength: one reading, or one more than
+    :data:`~workers.engine.training.CALIBRATION_STEPS`) and ``finish`` (the final
+    scores, saving the adapter). ``model`` is the candidate: the peft-wrapped model, adapter active, in eval mode — the same object
     the caller passed in, now with LoRA layers injected (``model.unload()`` gives the
     parent back, ``model.merge_and_unload()`` a plain model).
     """
