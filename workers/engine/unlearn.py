@@ -79,9 +79,10 @@ class UnlearnResult:
     ``checks`` (the ``stop_checks`` readings of the stopping rule during training),
     ``calibration`` (the adapter's strength: one reading, or one more than
     :data:`~workers.engine.training.CALIBRATION_STEPS`) and ``finish`` (the final
-    scores, saving the adapter). ``model`` is the candidate: the peft-wrapped model, adapter active, in eval mode — the same object
-    the caller passed in, now with LoRA layers injected (``model.unload()`` gives the
-    parent back, ``model.merge_and_unload()`` a plain model).
+    scores, saving the adapter). ``model`` is the candidate: the peft-wrapped model,
+    adapter active, in eval mode — the same object the caller passed in, now with LoRA
+    layers injected (``model.unload()`` gives the parent back,
+    ``model.merge_and_unload()`` a plain model).
     """
 
     adapter_dir: str
