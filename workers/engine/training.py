@@ -751,11 +751,12 @@ def run_unlearning(
     if cfg.gradient_checkpointing and device.type == "cuda":
         model.gradient_checkpointing_disable()  # the model peft wrapped, LoRA layers and all
 
+    adapter_sha256 = sha256_file(out / ADAPTER_WEIGHTS)
     seconds = time.perf_counter() - started
     spent["finish"] = seconds - sum(spent.values())
     return UnlearnResult(
         adapter_dir=str(out),
-        adapter_sha256=sha256_file(out / ADAPTER_WEIGHTS),
+        adapter_sha256=adapter_sha256,
         steps=step,
         stopped_early=stopped_early,
         stop_target=None if targets is None else float(targets.mean()),
