@@ -558,6 +558,7 @@ class _Adapter(torch.nn.Module):
     ("threshold", "readings", "expected"),
     [
         (0.999, 1, 1.0),  # the rule holds at full strength only: one reading settles it
+        (0.99, 7, 127 / 128),  # the bisection's last point is the first reading's
         (0.8, 8, 103 / 128),  # the least strength of 2^-7 steps at which it holds
         (0.3, 8, 39 / 128),
     ],

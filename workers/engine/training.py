@@ -469,7 +469,8 @@ def _calibrate(peft_model: Any, holds: Callable[[], bool]) -> float:
     holds, often at its very edge, and then no weaker adapter holds. One reading then
     settles it, where the bisection would take every one of its readings to return 1
     (TOFU forget05 at full size: one answer of 200 still held at every strength below
-    full, 40 s of a 237 s run). When it holds, the bisection runs as it would have."""
+    full, 40 s of a 237 s run). When it holds, the bisection runs as it would have, without
+    reading that point again."""
     edge = 1.0 - 2.0**-CALIBRATION_STEPS
     _scale_lora(peft_model, edge)
     if not holds():
@@ -478,6 +479,9 @@ def _calibrate(peft_model: Any, holds: Callable[[], bool]) -> float:
     low, high, current = 0.0, 1.0, edge
     for _ in range(CALIBRATION_STEPS):
         mid = (low + high) / 2
+        if mid == edge:  # the bisection's last point, read first: it holds
+            high = mid
+            continue
         _scale_lora(peft_model, mid / current)
         current = mid
         if holds():

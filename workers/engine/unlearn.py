@@ -77,7 +77,7 @@ class UnlearnResult:
     ``timings``: where ``seconds`` went — ``setup`` (tokenising, the reference pass, the
     stopping rule's baselines), ``training`` (the steps and their progress reports),
     ``checks`` (the ``stop_checks`` readings of the stopping rule during training),
-    ``calibration`` (the adapter's strength: one reading, or one more than
+    ``calibration`` (the adapter's strength: one reading, or up to one more than
     :data:`~workers.engine.training.CALIBRATION_STEPS`) and ``finish`` (the final
     scores, saving the adapter). ``model`` is the candidate: the peft-wrapped model,
     adapter active, in eval mode — the same object the caller passed in, now with LoRA
