@@ -505,6 +505,60 @@ def test_npo_unlikelihood_term_only_on_held_rows(demo_model_dir: Path,
     assert loss([True, True]) > plain + 2.0
 
 
+def test_npo_alternative_term_prefers_other_peoples_answers(demo_model_dir: Path,
+                                                             sets: dict[str, Any],
+                                                             tmp_path: Path) -> None:
+    """``alternative_weight``: the instance (not the class) needs the alternatives'
+    reference likelihoods; each forget question gets the answer of the retained person
+    asked the most similar question; the term starts at (2/β)·ln 2 on top of NPO's; a
+    short run raises those answers (relative to the erased ones) more than NPO alone."""
+    from workers.engine.baselines import alternatives
+    from workers.engine.methods import ReferenceCache, StepInputs, get_method
+    from workers.engine.training import _reference_cache
+
+    forget, retain = sets["forget"], sets["retain"]
+    plain = get_method(NPOMethodConfig(retain_weight=0.0))
+    method = get_method(NPOMethodConfig(alternative_weight=1.0, alternative_beta=0.5,
+                                        retain_weight=0.0))
+    assert "alt_logp" in method.needs and "alt_logp" not in plain.needs
+    assert "alt_logp" not in type(method).needs
+    answers = method.alternative_answers(forget, retain)
+    assert answers == [ex.target for ex in alternatives(forget, retain, 1)]
+    assert set(answers) <= {ex.target for ex in retain}
+    assert any(a != ex.target for a, ex in zip(answers, forget, strict=True))
+    with pytest.raises(ValueError, match="needs a retain set"):
+        method.alternative_answers(forget, [])
+
+    model, tok = load_version(demo_model_dir)
+    rows = [tokenize(tok, ex, 64) for ex in forget[:2]]
+    alt_rows = [tokenize(tok, dataclasses.replace(ex, target=a), 64)
+                for ex, a in zip(forget[:2], answers[:2], strict=True)]
+    cache = _reference_cache(method, model, rows, alt_rows, pad_id(tok), torch.device("cpu"))
+    assert isinstance(cache, ReferenceCache) and cache.alt_logp is not None
+    inputs = StepInputs(model=model, forget=collate(rows, pad_id(tok)), forget_index=[0, 1],
+                        retain=None, alt=collate(alt_rows, pad_id(tok)), ref=cache, step=1,
+                        total_steps=1, reference=lambda: torch.no_grad())
+    with torch.no_grad():
+        start = float(method.loss(inputs))
+    assert start == pytest.approx(2 / 0.3 * math.log(2) + 2 / 0.5 * math.log(2), rel=1e-4)
+
+    def margin(model: Any) -> float:  # alternatives' mean log-likelihood over the erased
+        alt = score_items(model, tok, [dataclasses.replace(ex, target=a)
+                                       for ex, a in zip(forget, answers, strict=True)])
+        own = score_items(model, tok, forget)
+        return float((alt.logp / alt.count).mean() - (own.logp / own.count).mean())
+
+    parent = margin(model)
+    gains = {}
+    for weight in (0.0, 1.0):
+        model, tok = load_version(demo_model_dir)
+        result = run_unlearning(model, tok, forget, retain,
+                                config_for("npo", alternative_weight=weight),
+                                tmp_path / str(weight))
+        gains[weight] = margin(result.model) - parent
+    assert gains[1.0] > gains[0.0] > 0, gains
+
+
 def test_npo_granularity_sequence_is_the_published_loss(demo_model_dir: Path,
                                                         sets: dict[str, Any],
                                                         tmp_path: Path) -> None:

@@ -527,12 +527,9 @@ def run_unlearning(
     items = forget_items(forget, cfg.include_paraphrases)
     alts = None
     if "alt_logp" in method.needs:
-        alts = []
-        for i, ex in enumerate(items):
-            answer = method.alternative_answer(i)
-            if answer is None:
-                raise ValueError(f"method {method.name} needs alternative answers")
-            alts.append(dataclasses.replace(ex, target=answer))
+        alts = [dataclasses.replace(ex, target=answer)
+                for ex, answer in zip(items, method.alternative_answers(items, retain),
+                                      strict=True)]
     use_retain = method.uses_retain and cfg.retain_weight > 0
     if use_retain and not retain:
         raise ValueError(f"{method.name} with retain_weight > 0 needs a retain set")

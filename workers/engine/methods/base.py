@@ -10,7 +10,7 @@ which reference quantities it needs (``needs``) and computes a scalar loss from 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from workers.engine.qa import answer_logits
+from workers.engine.qa import Example, answer_logits
 from workers.engine.unlearn import LLAMA_LINEAR_MODULES
 
 # Reference quantities a method may ask the training loop to cache for the forget items
@@ -353,7 +353,8 @@ class Method(ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type[BaseMethodConfig]]
-    needs: ClassVar[frozenset[str]] = frozenset()
+    # an instance may need more than its class declares (a setting that adds a term)
+    needs: frozenset[str] = frozenset()
     uses_retain: ClassVar[bool] = True
     negate_adapter: ClassVar[bool] = False
 
@@ -369,6 +370,16 @@ class Method(ABC):
     def alternative_answer(self, index: int) -> str | None:
         """The alternative answer for forget item ``index`` (IdkDPO's win answer)."""
         return None
+
+    def alternative_answers(self, items: Sequence[Example], retain: Sequence[Example]
+                            ) -> list[str]:
+        """The alternative answer of each forget item (``needs`` "alt_logp"): by
+        default :meth:`alternative_answer` of its index. ``retain`` is the job's retain
+        set, for methods that draw their alternatives from it."""
+        answers = [self.alternative_answer(i) for i in range(len(items))]
+        if any(a is None for a in answers):
+            raise ValueError(f"method {self.name} needs alternative answers")
+        return [a for a in answers if a is not None]
 
     @abstractmethod
     def loss(self, inputs: StepInputs) -> torch.Tensor:
