@@ -174,8 +174,8 @@ class NPOMethodConfig(BaseMethodConfig):
     weight 1, β 1) it took forget quality from 1.2e-4, 2.9e-11, 1.4e-3 and 8.1e-7 to
     0.052, 7.5e-5, 0.022 and 9.7e-4, at utility 0.966, 0.965, 0.980 and 0.942 × the
     original's: the first run at full size to meet the forget05 target by its own stop;
-    at weight 0.5, seeds 0 and 3 gave 0.022 at 0.969 × and 4.3e-3 at 0.956 ×
-    (docs/benchmarks.md). It is not yet the default: one seed of four meets the target,
+    at weight 0.5, 0.022, 4.3e-3, 6.5e-4 and 4.3e-3 at 0.949–0.974 ×
+    (docs/benchmarks.md). It is not yet the default: one run of eight meets the target,
     the runs nearest it cost 15 % of retraining against the default's 11–13 %, and
     forget01, forget10 and the demo models' verifier have not been measured with it."""
 
