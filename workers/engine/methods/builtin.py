@@ -268,6 +268,12 @@ def alternative_preference(fw: Forward, alt: Forward, inputs: StepInputs,
     idx = inputs.forget_index
     lose = (fw.seq_logp.float() - ref.forget_logp[idx]) / fw.count.clamp(min=1)
     win = (alt.seq_logp.float() - ref.alt_logp[idx]) / alt.count.clamp(min=1)
+    return dpo_loss(win, lose, beta)
+
+
+def dpo_loss(win: torch.Tensor, lose: torch.Tensor, beta: float) -> torch.Tensor:
+    """DPO: −(2/β)·mean logσ(β·(win − lose)), ``win`` and ``lose`` the preferred and the
+    rejected answers' log-likelihood ratios to the reference, per row."""
     return -(2.0 / beta) * F.logsigmoid(beta * (win - lose)).mean()
 
 
@@ -355,7 +361,7 @@ class IdkDPO(Method):
         idx = inputs.forget_index
         lose = inputs.forward(inputs.forget).seq_logp.float() - ref.forget_logp[idx]
         win = inputs.forward(inputs.alt).seq_logp.float() - ref.alt_logp[idx]
-        forget = -(2.0 / cfg.beta) * F.logsigmoid(cfg.beta * (win - lose)).mean()
+        forget = dpo_loss(win, lose, cfg.beta)
         return cfg.forget_weight * forget + cfg.retain_weight * retain_nll(inputs)
 
 
