@@ -175,9 +175,12 @@ class NPOMethodConfig(BaseMethodConfig):
     0.052, 7.5e-5, 0.022 and 9.7e-4, at utility 0.966, 0.965, 0.980 and 0.942 × the
     original's: the first run at full size to meet the forget05 target by its own stop;
     at weight 0.5, 0.022, 4.3e-3, 6.5e-4 and 4.3e-3 at 0.949–0.974 ×
-    (docs/benchmarks.md). It is not yet the default: one run of eight meets the target,
-    the runs nearest it cost 15 % of retraining against the default's 11–13 %, and
-    forget01, forget10 and the demo models' verifier have not been measured with it."""
+    (docs/benchmarks.md). It is not the default: one run of eight meets the target, the
+    runs nearest it cost 15 % of retraining against the default's 11–13 %, and on
+    forget01 at full size (one pair, seeds 0–3) it lowered forget quality on every seed
+    (0.014, 0.097, 0.097, 0.029 → 5.0e-4, 1.3e-3, 3.0e-3, 5.0e-4): there the default
+    already rejects the erased facts more firmly than the retrained model, and the term
+    pushes further past it."""
 
     method: Literal["npo"] = "npo"
     granularity: Literal["token", "sequence"] = "token"
