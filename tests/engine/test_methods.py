@@ -695,6 +695,47 @@ def test_membership_rule_trains_on_the_pending_items_alone(
     assert trained == [list(range(n_items)), [2, 5, 11], list(range(n_items))]
 
 
+@pytest.mark.parametrize("when, expected", [("always", [1, 2, 3, 4]),
+                                             ("preferred", [3, 4])])
+def test_npo_alternative_term_acts_while_the_answers_are_still_preferred(
+        demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, when: str, expected: list[int]) -> None:
+    """``alternative_when`` "preferred": the term is off until a reading finds the Min-K%
+    AUC at its bar and the answers still preferred (check 2), on while readings say so
+    (checks 2 and 3, steps 3 and 4), and the run stops when both bars are met (check
+    4); "always" applies it at every step."""
+    from workers.engine import training
+    from workers.engine.methods import builtin
+
+    readings = iter([training.ProbeReading(0.8, None, False, None),
+                     training.ProbeReading(0.7, None, False, None, preferred=True),
+                     training.ProbeReading(0.6, None, False, None, preferred=True)])
+    none = torch.zeros(20, dtype=torch.bool)
+    done = training.ProbeReading(0.5, none, True, none)
+    monkeypatch.setattr(training.MembershipProbe, "read",
+                        lambda self, model, cfg: next(readings, done))
+    monkeypatch.setattr(training.MembershipProbe, "retain_kept",
+                        lambda self, model, ratio: True)
+    steps: list[int] = []
+    term = builtin.alternative_preference
+
+    def spy(fw: Any, alt: Any, inputs: Any, beta: float) -> torch.Tensor:
+        steps.append(inputs.step)
+        return term(fw, alt, inputs, beta)
+
+    monkeypatch.setattr(builtin, "alternative_preference", spy)
+    model, tok = load_version(demo_model_dir)
+    cfg = NPOMethodConfig(forget_steps_per_pass=None, batch_size=20,  # a pass = 1 step
+                          stop_check_backoff=1, stop_score="both", alternative_weight=1.0,
+                          alternative_when=when)
+    assert cfg.inert_settings() == []
+    result = run_unlearning(model, tok, sets["forget"], sets["retain"], cfg, tmp_path,
+                            holdout=sets["holdout"])
+    assert result.stopped_early and result.steps == 4
+    assert steps == expected
+    assert result.preferred_from == 2
+
+
 @pytest.mark.parametrize("backoff, expected", [
     (4, [1, 3, 7, 11, 15, 16, 17, 18, 19]),
     (1, list(range(1, 20))),
@@ -814,6 +855,16 @@ def test_inert_settings_name_what_the_stopping_rule_ignores():
                                 "repair_ratio": 0.98}).inert_settings() == [
         "repair_ratio has no effect under stop_rule 'likelihood' (it belongs to the "
         "'membership' rule)"]
+    # the preference term's settings act only with the term, and "preferred" only
+    # where a reading can say so
+    assert parse_method_config({"method": "npo", "alternative_when": "preferred",
+                                "stop_score": "both"}).inert_settings() == [
+        "alternative_when has no effect while alternative_weight is 0"]
+    assert parse_method_config({"method": "npo", "alternative_weight": 1.0,
+                                "alternative_when": "preferred"}).inert_settings() == [
+        "alternative_when 'preferred' has no effect unless early_stop is true, stop_rule "
+        "'membership' and stop_score 'both' (their readings say when the erased answers "
+        "are still preferred); the term would never act"]
     assert parse_method_config({"method": "npo", "granularity": "sequence",
                                 "odds_gradient": True}).inert_settings() == [
         "odds_gradient has no effect with granularity 'sequence' (it acts on each answer "
@@ -822,6 +873,8 @@ def test_inert_settings_name_what_the_stopping_rule_ignores():
     # switches NPO to the likelihood rule keeps NPO's default calibration margin
     for data in ({"method": "npo"},
                  {"method": "npo", "stop_score": "preference", "stop_auc_sigmas": 1.0},
+                 {"method": "npo", "stop_score": "both", "stop_auc_sigmas": 1.0,
+                  "alternative_weight": 1.0, "alternative_when": "preferred"},
                  {"method": "npo", "stop_check_backoff": 1},
                  {"method": "npo", "stop_rule": "likelihood", "stop_ratio": 0.5},
                  {"method": "grad_diff", "early_stop": True, "stop_probability": 0.1},

@@ -265,6 +265,21 @@ def test_preference_score_is_not_fooled_by_strangers_falling_along(
     probe.score, levels["forget_alt"] = "either", -3.0
     assert probe.aucs(None) == {"min_k": 1.0, "preference": 1.0}
     assert not probe.read(None, cfg).forgotten
+    # "both": Min-K% first; the preference is scored only once Min-K% is at its bar
+    probe.score = "both"
+    assert probe.aucs(None, cfg=cfg) == {"min_k": 1.0}
+    reading = probe.read(None, cfg)
+    assert reading.auc == 1.0 and not reading.forgotten and not reading.preferred
+    # strangers by Min-K%, their answers still preferred to others' answers
+    levels["forget"], levels["forget_alt"] = -5.0, -8.0
+    assert probe.aucs(None, cfg=cfg) == {"min_k": 0.5, "preference": 1.0}
+    reading = probe.read(None, cfg)
+    assert reading.auc == 1.0 and reading.preferred and not reading.forgotten
+    assert reading.held is None and reading.pending is None
+    levels["forget_alt"] = -5.0  # and no longer preferred: both bars met
+    reading = probe.read(None, cfg)
+    assert reading.auc == 0.5 and reading.forgotten and not reading.preferred
+    probe.score, levels["forget"] = "either", -1.0
     # the preference bar: stop_auc, plus standard errors of two same-population
     # samples' AUC; Min-K%'s stays stop_auc
     n1, n0 = len(items), len(sets["holdout"])

@@ -25,7 +25,9 @@ then unlearns the forget split from the original with
 - ``unlearn_seconds``, ``retrain_seconds``, ``original_seconds`` (wall clock); per
   method, ``unlearn_timings`` says where the unlearning seconds went (setup, training
   steps, the ``stop_checks`` readings of the stopping rule, calibration, finish; see
-  :class:`~workers.engine.unlearn.UnlearnResult`).
+  :class:`~workers.engine.unlearn.UnlearnResult`), and ``preferred_from`` the step from
+  which the rule found the erased answers still preferred to other people's
+  (``stop_score`` "both").
 
 Author selection: ``authors`` = N keeps the forget split's k authors (the last k of
 ``full``) and the first N − k authors of ``full`` as the retain authors (the ones
@@ -500,6 +502,7 @@ def run_tofu(
                 "unlearn_steps": result.steps,
                 "unlearn_timings": {k: round(v, 2) for k, v in result.timings.items()},
                 "stop_checks": result.stop_checks,
+                "preferred_from": result.preferred_from,
                 "stopped_early": result.stopped_early,
                 "adapter_scale": result.adapter_scale,
                 "scores": asdict(s_unl),

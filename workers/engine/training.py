@@ -260,12 +260,14 @@ class ProbeReading:
     are held: held, or its answer probability above the same answer's asked about
     strangers (its own level; the bars' margins are slack for the means, not a target).
     ``held`` and ``pending`` are ``None`` while the AUC is above the rule's bar, when they
-    are not measured."""
+    are not measured. ``preferred`` (``stop_score`` "both"): the Min-K% AUC is at its bar
+    and the preference AUC above its own; ``auc`` is then the preference AUC."""
 
     auc: float
     held: torch.Tensor | None
     forgotten: bool
     pending: torch.Tensor | None
+    preferred: bool = False
 
 
 class MembershipProbe:
@@ -287,7 +289,7 @@ class MembershipProbe:
         self.score = score
         self.forget_alt_rows: list[TokenRow] = []
         self.holdout_alt_rows: list[TokenRow] = []
-        if score in ("preference", "either"):
+        if score in ("preference", "either", "both"):
             self.forget_alt_rows = [tokenize(tokenizer, ex, max_length) for ex in
                                     alternatives(forget, holdout, STOP_NEIGHBOURS)]
             self.holdout_alt_rows = [tokenize(tokenizer, ex, max_length) for ex in
@@ -338,21 +340,25 @@ class MembershipProbe:
     def _score(self, model: Any, rows: Sequence[TokenRow], min_k: bool = False) -> ItemScores:
         return score_items(model, self.tokenizer, [], self.max_length, rows=rows, min_k=min_k)
 
-    def aucs(self, model: Any, forget: ItemScores | None = None) -> dict[str, float]:
+    def aucs(self, model: Any, forget: ItemScores | None = None,
+             cfg: BaseMethodConfig | None = None) -> dict[str, float]:
         """ROC AUC of each membership score the probe's ``score`` reads, forget items
         (members) against the never-seen people: "min_k", the Min-K% score;
         "preference", an answer's mean log-likelihood minus the mean of the other
         answers' (:func:`~workers.engine.baselines.alternatives`) to the same question;
-        "either": both. ``forget``: the forget items' scores under ``model`` when
-        already measured."""
+        "either": both; "both": the Min-K% AUC, and the preference AUC only once the
+        Min-K% one is at its bar under ``cfg`` (always without ``cfg``). ``forget``: the
+        forget items' scores under ``model`` when already measured."""
         forget = forget if forget is not None else self._score(model, self.forget_rows, True)
         holdout = self._score(model, self.holdout_rows, True)
         assert forget.min_k is not None and holdout.min_k is not None
         out = {}
         min_k_auc = roc_auc(forget.min_k.tolist(), holdout.min_k.tolist())
-        if self.score in ("min_k", "either"):
+        if self.score in ("min_k", "either", "both"):
             out["min_k"] = min_k_auc
-        if self.score in ("preference", "either"):
+        if self.score in ("preference", "either") or (
+                self.score == "both"
+                and (cfg is None or min_k_auc <= self.auc_bar(cfg, "min_k"))):
             out["preference"] = roc_auc(
                 self._preference(model, forget, self.forget_alt_rows).tolist(),
                 self._preference(model, holdout, self.holdout_alt_rows).tolist())
@@ -400,12 +406,17 @@ class MembershipProbe:
         is down, and the paraphrases' pooled baseline only when it can decide the test
         (the rest passes; until then its last level chooses the ``pending`` items)."""
         forget = self._score(model, self.forget_rows, min_k=True)
-        aucs = self.aucs(model, forget)
+        aucs = self.aucs(model, forget, cfg)
         passing = [name for name, value in aucs.items() if value <= self.auc_bar(cfg, name)]
-        # the reading's AUC: the first score that passes, else the lowest
-        auc = aucs[passing[0]] if passing else min(aucs.values())
-        if not passing:
-            return ProbeReading(auc, None, False, None)
+        if self.score == "both":
+            # Min-K% first, then the preference; the reading's AUC: the first that fails
+            failing = [name for name in aucs if name not in passing]
+            if failing:
+                return ProbeReading(aucs[failing[0]], None, False, None,
+                                    preferred=failing[0] == "preference")
+        elif not passing:  # the reading's AUC: the first score that passes, else the lowest
+            return ProbeReading(min(aucs.values()), None, False, None)
+        auc = aucs[passing[0]]
         cf = _gather(self._score(model, self.counterfactual_rows), self.counterfactual_of)
         held = held_answers(forget.known, cf.known)
         n = len(self.forget_rows)
@@ -612,6 +623,8 @@ def run_unlearning(
     settle_end: int | None = None  # membership rule met: the step settling runs to
     scores = None
     held: torch.Tensor | None = None
+    preferred = False  # stop_score "both": Min-K% at its bar, the answers still preferred
+    preferred_from: int | None = None  # the first step such a reading came at
     stop_checks = 0  # readings of the stopping rule during training
 
     def measured(measure: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -640,7 +653,8 @@ def run_unlearning(
             inputs = StepInputs(model=peft_model, forget=fbatch, forget_index=idx,
                                 retain=rbatch, alt=abatch, ref=ref, step=step,
                                 total_steps=total, reference=reference,
-                                forget_held=None if held is None else held[idx])
+                                forget_held=None if held is None else held[idx],
+                                forget_preferred=preferred)
             with _autocast(device):
                 loss = retain_nll(inputs) if repairing else method.loss(inputs)
             if sampler is not None and inputs.retain_row_nll is not None:
@@ -680,6 +694,9 @@ def run_unlearning(
                 # after 248 steps this way, against 348 with the held answers alone;
                 # docs/benchmarks.md). With none held, every item is trained again
                 held, pending = reading.held, reading.pending
+                preferred = reading.preferred
+                if preferred and preferred_from is None:
+                    preferred_from = step
                 now_pool = (pending.nonzero().flatten().tolist()
                             if held is not None and pending is not None and bool(held.any())
                             else all_items)
@@ -768,6 +785,7 @@ def run_unlearning(
         seconds=seconds,
         timings=spent,
         stop_checks=stop_checks,
+        preferred_from=preferred_from,
         config=cfg.model_dump(mode="json"),
         n_forget=len(items),
         n_retain=len(retain_list),

@@ -79,7 +79,10 @@ class UnlearnResult:
     ``checks`` (the ``stop_checks`` readings of the stopping rule during training),
     ``calibration`` (the adapter's strength: one reading, or up to one more than
     :data:`~workers.engine.training.CALIBRATION_STEPS`) and ``finish`` (the final
-    scores, saving the adapter). ``model`` is the candidate: the peft-wrapped model,
+    scores, saving the adapter). ``preferred_from`` (membership rule, ``stop_score``
+    "both"): the step of the first reading that found the Min-K% AUC at its bar and the
+    erased answers still preferred to other people's (``None``: none did). ``model`` is
+    the candidate: the peft-wrapped model,
     adapter active, in eval mode — the same object the caller passed in, now with LoRA
     layers injected (``model.unload()`` gives the parent back,
     ``model.merge_and_unload()`` a plain model).
@@ -100,6 +103,7 @@ class UnlearnResult:
     adapter_scale: float = 1.0
     timings: dict[str, float] = field(default_factory=dict)
     stop_checks: int = 0
+    preferred_from: int | None = None
     loss_history: list[float] = field(default_factory=list)
     model: Any = field(default=None, repr=False, compare=False)
 

@@ -90,7 +90,12 @@ class BaseMethodConfig(BaseModel):
     0.52–0.53). ``"either"`` passes when either score is at its bar; its calibration
     then follows whichever test passes at the lower strength, mostly Min-K%'s edge,
     where the preference AUC is back at 0.91–0.93 (TOFU forget05: the target met on one
-    model pair of five; docs/benchmarks.md). Both stay off by default. The counterfactual
+    model pair of five; docs/benchmarks.md). ``"both"`` asks for the Min-K% AUC at its
+    bar and then for the preference AUC at its own (scored only once the Min-K% passes,
+    so a run pays for the other people's answers only from there); a reading that
+    passes the first and not the second says the erased answers are still *preferred*
+    (:attr:`~workers.engine.methods.StepInputs.forget_preferred`, which NPO's
+    ``alternative_when`` reads). All three stay off by default. The counterfactual
     bars' margins are half the verifier's: the people this rule sees are not the ones the verifier
     measures against (``qa.split_holdout``), and a candidate calibrated to the very edge
     of one sample of strangers' bars failed on the other sample in four of six people
@@ -191,7 +196,7 @@ class BaseMethodConfig(BaseModel):
     stop_rule: Literal["likelihood", "membership"] = "likelihood"
     stop_auc: float = Field(0.5, gt=0.0, lt=1.0)
     stop_auc_sigmas: float = Field(0.0, ge=0.0, le=5.0)
-    stop_score: Literal["min_k", "preference", "either"] = "min_k"
+    stop_score: Literal["min_k", "preference", "either", "both"] = "min_k"
     stop_margin: float = Field(0.025, ge=0.0, lt=1.0)
     stop_accuracy_margin: float = Field(0.05, ge=0.0, lt=1.0)
     stop_held_share: float = Field(0.0, ge=0.0, le=1.0)
@@ -315,7 +320,11 @@ class StepInputs:
     batch by NLL leaves the per-row NLL in ``retain_row_nll`` (detached) for the loop's
     hard-retain sampling. ``forget_held`` (membership rule, once its AUC is reached):
     per forget-batch row, whether that answer is still held — known word for word about
-    this person and no never-seen one (``None`` otherwise).
+    this person and no never-seen one (``None`` otherwise). ``forget_preferred``
+    (membership rule with ``stop_score`` "both"): the last reading found the Min-K% AUC
+    at its bar and the preference AUC above its own — the erased people are strangers by
+    their answers' likelihood, but the model still prefers their answers to other
+    people's.
     """
 
     model: Any
@@ -329,6 +338,7 @@ class StepInputs:
     reference: Callable[[], AbstractContextManager[Any]]
     retain_row_nll: torch.Tensor | None = None
     forget_held: torch.Tensor | None = None
+    forget_preferred: bool = False
 
     def forward(self, batch: dict[str, torch.Tensor], hidden: bool = False) -> Forward:
         return run_forward(self.model, batch, hidden)

@@ -180,7 +180,17 @@ class NPOMethodConfig(BaseMethodConfig):
     forget01 at full size (one pair, seeds 0–3) it lowered forget quality on every seed
     (0.014, 0.097, 0.097, 0.029 → 5.0e-4, 1.3e-3, 3.0e-3, 5.0e-4): there the default
     already rejects the erased facts more firmly than the retrained model, and the term
-    pushes further past it."""
+    pushes further past it.
+
+    ``alternative_when``: ``"always"`` (the default) applies the term at every step;
+    ``"preferred"`` only while the membership rule's last reading (``stop_score``
+    "both") found the erased people strangers by Min-K% but their answers still
+    preferred to other people's. NPO trains alone until the Min-K% bar is met, as by
+    default; where the model still prefers the erased answers there (TOFU forget05 at
+    full size: the truth ratios short of the retrained model's), the run goes on with
+    the term until the preference AUC is at its bar too; where it does not (forget01:
+    past them already), the term never acts and the run stops where the default does.
+    """
 
     method: Literal["npo"] = "npo"
     granularity: Literal["token", "sequence"] = "token"
@@ -197,9 +207,21 @@ class NPOMethodConfig(BaseMethodConfig):
     repair_ratio: float = Field(0.95, ge=0.0, le=1.0)
     alternative_weight: float = Field(0.0, ge=0.0)
     alternative_beta: float = Field(1.0, gt=0.0)
+    alternative_when: Literal["always", "preferred"] = "always"
 
     def inert_settings(self) -> list[str]:
         out = super().inert_settings()
+        given = self.given_settings()
+        if self.alternative_weight == 0:
+            out.extend(f"{name} has no effect while alternative_weight is 0"
+                       for name in ("alternative_beta", "alternative_when") if name in given)
+        elif self.alternative_when == "preferred" and not (
+                self.early_stop and self.stop_rule == "membership"
+                and self.stop_score == "both"):
+            out.append("alternative_when 'preferred' has no effect unless early_stop is "
+                       "true, stop_rule 'membership' and stop_score 'both' (their readings "
+                       "say when the erased answers are still preferred); the term would "
+                       "never act")
         if self.granularity == "sequence" and "odds_gradient" in self.given_settings():
             out.append("odds_gradient has no effect with granularity 'sequence' (it acts "
                        "on each answer token's term of token-level NPO)")
@@ -251,7 +273,8 @@ class NPO(Method):
             forget = npo_token_loss(fw, [inputs.ref.forget_token_logp[i]
                                          for i in inputs.forget_index], beta,
                                     odds=cfg.odds_gradient)
-        if cfg.alternative_weight > 0:
+        if cfg.alternative_weight > 0 and (cfg.alternative_when == "always"
+                                           or inputs.forget_preferred):
             assert inputs.alt is not None
             forget = forget + cfg.alternative_weight * alternative_preference(
                 fw, inputs.forward(inputs.alt), inputs, cfg.alternative_beta)
