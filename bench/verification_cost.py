@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     policy = VerifierPolicy()
     config = parse_method_config(json.loads(args.set))
     runs = []
+    # adapters in a directory of this run's own: two runs side by side do not overwrite
+    # each other's
+    adapters = Path(tempfile.mkdtemp(prefix="lethe-bench-adapters-"))
     for person in people:
         forget, retain, check = data.job_sets([person])
         model, tok = load_version(args.model_dir)
@@ -55,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         t_parent = time.perf_counter() - t0
         t0 = time.perf_counter()
         result = run_unlearning(model, tok, forget, retain, config,
-                                Path("/tmp") / f"lethe-bench-adapter-{len(runs)}",
+                                adapters / str(len(runs)),
                                 holdout=holdout_stop)
         t_unlearn = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -82,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "median_ratio": statistics.median(r["ratio"] for r in runs),
         "passed": sum(r["passed"] for r in runs),
     }, indent=2))
+    shutil.rmtree(adapters, ignore_errors=True)
     return 0
 
 
