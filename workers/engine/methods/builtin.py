@@ -194,7 +194,7 @@ class NPOMethodConfig(BaseMethodConfig):
     error) the term acted on one pair. There it took forget quality from 0.088 to 0.178
     and the forget truth-ratio score from 0.679 to 0.730, the retrained model's being
     0.737, at 1.029 × utility. On the other two it never acted, and they gave the
-    default's results to the digit. Unlearning took 22–49 % longer: the preference is
+    default's results to the digit. Unlearning took 19–49 % longer: the preference is
     read at every check once the Min-K% bar is met, and at each step of the calibration.
     Not yet measured at full size or on forget01 (docs/benchmarks.md), so off by default.
     """
