@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 import tempfile
@@ -49,9 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     policy = VerifierPolicy()
     config = parse_method_config(json.loads(args.set))
     runs = []
-    # adapters in a directory of this run's own: two runs side by side do not overwrite
-    # each other's
-    adapters = Path(tempfile.mkdtemp(prefix="lethe-bench-adapters-"))
     for person in people:
         forget, retain, check = data.job_sets([person])
         model, tok = load_version(args.model_dir)
@@ -59,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         before = measure_full(model, tok, forget, check, holdout, None, policy, parent=True)
         t_parent = time.perf_counter() - t0
         t0 = time.perf_counter()
-        result = run_unlearning(model, tok, forget, retain, config,
-                                adapters / str(len(runs)),
-                                holdout=holdout_stop)
+        # the adapter in a directory of its own, removed once trained (the candidate is
+        # result.model): two runs side by side do not overwrite each other's
+        with tempfile.TemporaryDirectory(prefix="lethe-bench-adapter-") as out:
+            result = run_unlearning(model, tok, forget, retain, config, Path(out),
+                                    holdout=holdout_stop)
         t_unlearn = time.perf_counter() - t0
         t0 = time.perf_counter()
         after = measure_full(result.model, tok, forget, check, holdout, None, policy)
@@ -87,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
         "median_ratio": statistics.median(r["ratio"] for r in runs),
         "passed": sum(r["passed"] for r in runs),
     }, indent=2))
-    shutil.rmtree(adapters, ignore_errors=True)
     return 0
 
 

@@ -82,10 +82,9 @@ class UnlearnResult:
     scores, saving the adapter). ``preferred_from`` (membership rule, ``stop_score``
     "both"): the step of the first reading that found the Min-K% AUC at its bar and the
     erased answers still preferred to other people's (``None``: none did). ``model`` is
-    the candidate: the peft-wrapped model,
-    adapter active, in eval mode — the same object the caller passed in, now with LoRA
-    layers injected (``model.unload()`` gives the parent back,
-    ``model.merge_and_unload()`` a plain model).
+    the candidate: the peft-wrapped model, adapter active, in eval mode — the same
+    object the caller passed in, now with LoRA layers injected (``model.unload()`` gives
+    the parent back, ``model.merge_and_unload()`` a plain model).
     """
 
     adapter_dir: str

@@ -229,7 +229,7 @@ class NPOMethodConfig(BaseMethodConfig):
                        "true, stop_rule 'membership' and stop_score 'both' (their readings "
                        "say when the erased answers are still preferred); the term would "
                        "never act")
-        if self.granularity == "sequence" and "odds_gradient" in self.given_settings():
+        if self.granularity == "sequence" and "odds_gradient" in given:
             out.append("odds_gradient has no effect with granularity 'sequence' (it acts "
                        "on each answer token's term of token-level NPO)")
         return out
