@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -591,7 +591,7 @@ def _run_with_checks(demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
 
     answers = {"forgotten": iter(forgotten), "kept": iter(kept)}
     monkeypatch.setattr(training.MembershipProbe, "read",
-                        lambda self, model, cfg, **_: training.ProbeReading(
+                        lambda self, model, cfg: training.ProbeReading(
                             0.5, None, next(answers["forgotten"], True), None))
     monkeypatch.setattr(training.MembershipProbe, "retain_kept",
                         lambda self, model, ratio: next(answers["kept"], True))
@@ -675,7 +675,7 @@ def test_membership_rule_trains_on_the_pending_items_alone(
                      training.ProbeReading(0.4, none, False, above)])
     done = training.ProbeReading(0.4, none, True, none)
     monkeypatch.setattr(training.MembershipProbe, "read",
-                        lambda self, model, cfg, **_: next(readings, done))
+                        lambda self, model, cfg: next(readings, done))
     monkeypatch.setattr(training.MembershipProbe, "retain_kept",
                         lambda self, model, ratio: True)
     trained: list[list[int]] = []
@@ -695,15 +695,25 @@ def test_membership_rule_trains_on_the_pending_items_alone(
     assert trained == [list(range(n_items)), [2, 5, 11], list(range(n_items))]
 
 
-def _term_steps(demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
-                monkeypatch: pytest.MonkeyPatch, read: Callable[..., Any],
-                cfg: NPOMethodConfig) -> tuple[UnlearnResult, list[int]]:
-    """Run ``cfg`` with the membership rule's readings given by ``read`` (the retain
-    set always kept); the result, and the steps at which the preference term acted."""
+@pytest.mark.parametrize("when, expected", [("always", [1, 2, 3, 4]),
+                                             ("preferred", [3, 4])])
+def test_npo_alternative_term_acts_while_the_answers_are_still_preferred(
+        demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, when: str, expected: list[int]) -> None:
+    """``alternative_when`` "preferred": the term is off until a reading finds the Min-K%
+    AUC at its bar and the answers still preferred (check 2), on while readings say so
+    (checks 2 and 3, steps 3 and 4), and the run stops when both bars are met (check
+    4); "always" applies it at every step."""
     from workers.engine import training
     from workers.engine.methods import builtin
 
-    monkeypatch.setattr(training.MembershipProbe, "read", read)
+    readings = iter([training.ProbeReading(0.8, None, False, None),
+                     training.ProbeReading(0.7, None, False, None, preferred=True),
+                     training.ProbeReading(0.6, None, False, None, preferred=True)])
+    none = torch.zeros(20, dtype=torch.bool)
+    done = training.ProbeReading(0.5, none, True, none)
+    monkeypatch.setattr(training.MembershipProbe, "read",
+                        lambda self, model, cfg: next(readings, done))
     monkeypatch.setattr(training.MembershipProbe, "retain_kept",
                         lambda self, model, ratio: True)
     steps: list[int] = []
@@ -715,69 +725,15 @@ def _term_steps(demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
 
     monkeypatch.setattr(builtin, "alternative_preference", spy)
     model, tok = load_version(demo_model_dir)
-    result = run_unlearning(model, tok, sets["forget"], sets["retain"], cfg, tmp_path,
-                            holdout=sets["holdout"])
-    return result, steps
-
-
-@pytest.mark.parametrize("when, expected", [("always", [1, 2, 3, 4]),
-                                             ("preferred", [3, 4])])
-def test_npo_alternative_term_acts_while_the_answers_are_still_preferred(
-        demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch, when: str, expected: list[int]) -> None:
-    """``alternative_when`` "preferred": the term is off until a reading finds the Min-K%
-    AUC at its bar and the answers still preferred (check 2), on while readings say so
-    (checks 2 and 3, steps 3 and 4), and the run stops when both bars are met (check
-    4); "always" applies it at every step."""
-    from workers.engine.training import ProbeReading
-
-    readings = iter([ProbeReading(0.8, None, False, None),
-                     ProbeReading(0.7, None, False, None, preferred=True),
-                     ProbeReading(0.6, None, False, None, preferred=True)])
-    none = torch.zeros(20, dtype=torch.bool)
-    done = ProbeReading(0.5, none, True, none)
     cfg = NPOMethodConfig(forget_steps_per_pass=None, batch_size=20,  # a pass = 1 step
                           stop_check_backoff=1, stop_score="both", alternative_weight=1.0,
                           alternative_when=when)
     assert cfg.inert_settings() == []
-    result, steps = _term_steps(demo_model_dir, sets, tmp_path, monkeypatch,
-                                lambda self, model, cfg, **_: next(readings, done), cfg)
+    result = run_unlearning(model, tok, sets["forget"], sets["retain"], cfg, tmp_path,
+                            holdout=sets["holdout"])
     assert result.stopped_early and result.steps == 4
     assert steps == expected
     assert result.preferred_from == 2
-
-
-def test_npo_alternative_term_acts_from_the_start_until_the_answers_are_not_preferred(
-        demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """``alternative_when`` "until_not_preferred": the term acts from the first step;
-    every reading measures the preference, which switches the term off while it is at
-    its bar (check 2) and on again when a reading finds it above (check 3); the stop
-    stays Min-K%'s and the counterfactual bars' (check 4), whatever the preference
-    reads."""
-    from workers.engine.training import ProbeReading
-
-    readings = iter([ProbeReading(0.9, None, False, None, preference_auc=0.8),
-                     ProbeReading(0.8, None, False, None, preference_auc=0.4),
-                     ProbeReading(0.7, None, False, None, preference_auc=0.7)])
-    none = torch.zeros(20, dtype=torch.bool)
-    done = ProbeReading(0.5, none, True, none, preference_auc=0.9)
-    asked: list[bool] = []
-
-    def read(self: Any, model: Any, cfg: Any, preference: bool = False) -> ProbeReading:
-        asked.append(preference)
-        return next(readings, done)
-
-    cfg = NPOMethodConfig(forget_steps_per_pass=None, batch_size=20,  # a pass = 1 step
-                          stop_check_backoff=1, stop_auc_sigmas=1.0, alternative_weight=1.0,
-                          alternative_when="until_not_preferred")
-    assert cfg.inert_settings() == []  # the preference bar's width acts on the readings
-    result, steps = _term_steps(demo_model_dir, sets, tmp_path, monkeypatch, read, cfg)
-    assert result.stopped_early and result.steps == 4
-    assert steps == [1, 2, 4]
-    # the calibration's readings need no preference
-    assert asked[:4] == [True] * 4 and not any(asked[4:])
-    assert result.not_preferred_from == 2 and result.preferred_from is None
 
 
 @pytest.mark.parametrize("backoff, expected", [
@@ -796,7 +752,7 @@ def test_membership_checks_back_off_until_the_auc_moves(
     checked: list[int] = []
     steps: list[int] = []
 
-    def read(self: Any, model: Any, cfg: Any, **_: Any) -> training.ProbeReading:
+    def read(self: Any, model: Any, cfg: Any) -> training.ProbeReading:
         checked.append(len(steps))
         return training.ProbeReading(next(aucs, 1.0), None, False, None)
 
@@ -824,7 +780,7 @@ def test_membership_check_backoff_trains_the_same_adapter(
     for backoff in (1, 4):
         seen: list[float] = []
 
-        def spy(self: Any, model: Any, cfg: Any, seen: list[float] = seen, **_: Any
+        def spy(self: Any, model: Any, cfg: Any, seen: list[float] = seen
                 ) -> training.ProbeReading:
             reading = read(self, model, cfg)
             seen.append(reading.auc)
@@ -909,18 +865,6 @@ def test_inert_settings_name_what_the_stopping_rule_ignores():
         "alternative_when 'preferred' has no effect unless early_stop is true, stop_rule "
         "'membership' and stop_score 'both' (their readings say when the erased answers "
         "are still preferred); the term would never act"]
-    assert parse_method_config({"method": "npo", "alternative_weight": 1.0,
-                                "alternative_when": "until_not_preferred",
-                                "stop_rule": "likelihood"}).inert_settings() == [
-        "alternative_when 'until_not_preferred' has no effect unless early_stop is true "
-        "and stop_rule 'membership' (no reading would switch the term off; it would act "
-        "at every step, as with 'always')"]
-    assert parse_method_config({"method": "npo", "stop_auc_sigmas": 1.0,
-                                "alternative_when": "until_not_preferred"}
-                               ).inert_settings() == [
-        "stop_auc_sigmas has no effect with stop_score 'min_k' (it widens the preference "
-        "score's bar)",
-        "alternative_when has no effect while alternative_weight is 0"]
     assert parse_method_config({"method": "npo", "granularity": "sequence",
                                 "odds_gradient": True}).inert_settings() == [
         "odds_gradient has no effect with granularity 'sequence' (it acts on each answer "

@@ -27,8 +27,7 @@ then unlearns the forget split from the original with
   steps, the ``stop_checks`` readings of the stopping rule, calibration, finish; see
   :class:`~workers.engine.unlearn.UnlearnResult`), and ``preferred_from`` the step from
   which the rule found the erased answers still preferred to other people's
-  (``stop_score`` "both"), ``not_preferred_from`` the step from which a reading found
-  them no longer preferred.
+  (``stop_score`` "both").
 
 Author selection: ``authors`` = N keeps the forget split's k authors (the last k of
 ``full``) and the first N − k authors of ``full`` as the retain authors (the ones
@@ -504,7 +503,6 @@ def run_tofu(
                 "unlearn_timings": {k: round(v, 2) for k, v in result.timings.items()},
                 "stop_checks": result.stop_checks,
                 "preferred_from": result.preferred_from,
-                "not_preferred_from": result.not_preferred_from,
                 "stopped_early": result.stopped_early,
                 "adapter_scale": result.adapter_scale,
                 "scores": asdict(s_unl),

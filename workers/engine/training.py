@@ -261,16 +261,13 @@ class ProbeReading:
     strangers (its own level; the bars' margins are slack for the means, not a target).
     ``held`` and ``pending`` are ``None`` while the AUC is above the rule's bar, when they
     are not measured. ``preferred`` (``stop_score`` "both"): the Min-K% AUC is at its bar
-    and the preference AUC above its own; ``auc`` is then the preference AUC.
-    ``preference_auc``: the preference AUC where the reading measured it (``None`` where
-    it did not)."""
+    and the preference AUC above its own; ``auc`` is then the preference AUC."""
 
     auc: float
     held: torch.Tensor | None
     forgotten: bool
     pending: torch.Tensor | None
     preferred: bool = False
-    preference_auc: float | None = None
 
 
 class MembershipProbe:
@@ -283,18 +280,16 @@ class MembershipProbe:
     def __init__(self, model: Any, tokenizer: Any, forget: Sequence[Example],
                  forget_rows: Sequence[TokenRow], holdout: Sequence[Example],
                  retain: Sequence[Example], max_length: int,
-                 paraphrase: Sequence[bool] | None = None, score: str = "min_k",
-                 preference: bool = False) -> None:
+                 paraphrase: Sequence[bool] | None = None, score: str = "min_k") -> None:
         self.tokenizer, self.max_length = tokenizer, max_length
         self.forget_rows = list(forget_rows)
         self.holdout_rows = [tokenize(tokenizer, ex, max_length) for ex in holdout]
         # the preference score's other answers: for each forget item and each never-seen
-        # person's item, the answers others give to the same kind of question; read by
-        # the stop's score, or (``preference``) for the readings that ask for it
+        # person's item, the answers others give to the same kind of question
         self.score = score
         self.forget_alt_rows: list[TokenRow] = []
         self.holdout_alt_rows: list[TokenRow] = []
-        if preference or score in ("preference", "either", "both"):
+        if score in ("preference", "either", "both"):
             self.forget_alt_rows = [tokenize(tokenizer, ex, max_length) for ex in
                                     alternatives(forget, holdout, STOP_NEIGHBOURS)]
             self.holdout_alt_rows = [tokenize(tokenizer, ex, max_length) for ex in
@@ -346,16 +341,14 @@ class MembershipProbe:
         return score_items(model, self.tokenizer, [], self.max_length, rows=rows, min_k=min_k)
 
     def aucs(self, model: Any, forget: ItemScores | None = None,
-             cfg: BaseMethodConfig | None = None, preference: bool = False
-             ) -> dict[str, float]:
+             cfg: BaseMethodConfig | None = None) -> dict[str, float]:
         """ROC AUC of each membership score the probe's ``score`` reads, forget items
         (members) against the never-seen people: "min_k", the Min-K% score;
         "preference", an answer's mean log-likelihood minus the mean of the other
         answers' (:func:`~workers.engine.baselines.alternatives`) to the same question;
         "either": both; "both": the Min-K% AUC, and the preference AUC only once the
-        Min-K% one is at its bar under ``cfg`` (always without ``cfg``); with
-        ``preference``, the preference AUC whatever the score. ``forget``: the forget
-        items' scores under ``model`` when already measured."""
+        Min-K% one is at its bar under ``cfg`` (always without ``cfg``). ``forget``: the
+        forget items' scores under ``model`` when already measured."""
         forget = forget if forget is not None else self._score(model, self.forget_rows, True)
         holdout = self._score(model, self.holdout_rows, True)
         assert forget.min_k is not None and holdout.min_k is not None
@@ -363,7 +356,7 @@ class MembershipProbe:
         min_k_auc = roc_auc(forget.min_k.tolist(), holdout.min_k.tolist())
         if self.score in ("min_k", "either", "both"):
             out["min_k"] = min_k_auc
-        if preference or self.score in ("preference", "either") or (
+        if self.score in ("preference", "either") or (
                 self.score == "both"
                 and (cfg is None or min_k_auc <= self.auc_bar(cfg, "min_k"))):
             out["preference"] = roc_auc(
@@ -400,8 +393,7 @@ class MembershipProbe:
         """Whether the rule's forgetting test passes (:meth:`read`)."""
         return self.read(model, cfg).forgotten
 
-    def read(self, model: Any, cfg: BaseMethodConfig, preference: bool = False
-             ) -> ProbeReading:
+    def read(self, model: Any, cfg: BaseMethodConfig) -> ProbeReading:
         """The rule's forgetting test: membership AUC at most ``cfg.stop_auc``; the
         forget items' mean answer probability and share of answers reproduced at most
         ``cfg.stop_margin`` / ``cfg.stop_accuracy_margin`` above the same answers' asked
@@ -412,25 +404,18 @@ class MembershipProbe:
         model still gives word for word). The forget
         items are scored once for all of them; the counterfactuals only once the AUC
         is down, and the paraphrases' pooled baseline only when it can decide the test
-        (the rest passes; until then its last level chooses the ``pending`` items).
-        ``preference``: measure the preference AUC too (``ProbeReading.preference_auc``),
-        whether or not the test reads it."""
+        (the rest passes; until then its last level chooses the ``pending`` items)."""
         forget = self._score(model, self.forget_rows, min_k=True)
-        aucs = self.aucs(model, forget, cfg, preference)
-        preference_auc = aucs.get("preference")
-        if self.score == "min_k":  # measured for the reading only, not part of the test
-            aucs.pop("preference", None)
+        aucs = self.aucs(model, forget, cfg)
         passing = [name for name, value in aucs.items() if value <= self.auc_bar(cfg, name)]
         if self.score == "both":
             # Min-K% first, then the preference; the reading's AUC: the first that fails
             failing = [name for name in aucs if name not in passing]
             if failing:
                 return ProbeReading(aucs[failing[0]], None, False, None,
-                                    preferred=failing[0] == "preference",
-                                    preference_auc=preference_auc)
+                                    preferred=failing[0] == "preference")
         elif not passing:  # the reading's AUC: the first score that passes, else the lowest
-            return ProbeReading(min(aucs.values()), None, False, None,
-                                preference_auc=preference_auc)
+            return ProbeReading(min(aucs.values()), None, False, None)
         auc = aucs[passing[0]]
         cf = _gather(self._score(model, self.counterfactual_rows), self.counterfactual_of)
         held = held_answers(forget.known, cf.known)
@@ -462,7 +447,7 @@ class MembershipProbe:
                   "reproduced %.3f vs %.3f; forgotten %s", float(held.float().mean()),
                   float(prob.mean()), float(cf_prob.mean()), float(known.mean()),
                   float(cf_known.mean()), forgotten)
-        return ProbeReading(auc, held, forgotten, pending, preference_auc=preference_auc)
+        return ProbeReading(auc, held, forgotten, pending)
 
     def retain_kept(self, model: Any, ratio: float) -> bool:
         """Whether the retain items' mean answer probability is at least ``ratio`` × its
@@ -573,10 +558,6 @@ def run_unlearning(
     # verifier does
     loss_rows = [without_eos(row, tokenizer.eos_token_id) for row in item_rows]
     cache = _reference_cache(method, model, loss_rows, alt_rows, pad, device)
-    # npo's alternative_when "until_not_preferred": the term acts from the first step
-    # until a reading finds the erased answers no longer preferred, so every reading
-    # measures the preference
-    gate_from_start = bool(getattr(cfg, "preference_gate_from_start", False))
     probe = None
     if cfg.early_stop and cfg.stop_rule == "membership" and holdout:
         originals = {(ex.prompt, ex.target) for ex in forget}
@@ -584,7 +565,7 @@ def run_unlearning(
                                 retain_list, cfg.max_length,
                                 paraphrase=[(ex.prompt, ex.target) not in originals
                                             for ex in items],
-                                score=cfg.stop_score, preference=gate_from_start)
+                                score=cfg.stop_score)
     targets = None if probe is not None else stop_targets(cfg, model, tokenizer, items,
                                                           holdout)
 
@@ -642,12 +623,8 @@ def run_unlearning(
     settle_end: int | None = None  # membership rule met: the step settling runs to
     scores = None
     held: torch.Tensor | None = None
-    # the erased answers still preferred, as the last reading found: stop_score "both",
-    # Min-K% at its bar and the preference above its own; or, from the first step, the
-    # preference above its bar (alternative_when "until_not_preferred")
-    preferred = gate_from_start
-    preferred_from: int | None = None  # the first step a "both" reading said preferred
-    not_preferred_from: int | None = None  # the first with the preference at its bar
+    preferred = False  # stop_score "both": Min-K% at its bar, the answers still preferred
+    preferred_from: int | None = None  # the first step such a reading came at
     stop_checks = 0  # readings of the stopping rule during training
 
     def measured(measure: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -696,7 +673,7 @@ def run_unlearning(
             # people from strangers; damage done on the way is repaired before stopping,
             # and if the repair brought some of them back, forgetting resumes
             if probe is not None and check:
-                reading = measured(probe.read, peft_model, cfg, preference=gate_from_start)
+                reading = measured(probe.read, peft_model, cfg)
                 stop_checks += 1
                 log.debug("step %d of %d: membership AUC %.3f, forgotten %s", step, total,
                           reading.auc, reading.forgotten)
@@ -717,17 +694,9 @@ def run_unlearning(
                 # after 248 steps this way, against 348 with the held answers alone;
                 # docs/benchmarks.md). With none held, every item is trained again
                 held, pending = reading.held, reading.pending
-                if reading.preferred and preferred_from is None:
+                preferred = reading.preferred
+                if preferred and preferred_from is None:
                     preferred_from = step
-                preference_passed = (reading.preference_auc is not None
-                                     and reading.preference_auc
-                                     <= probe.auc_bar(cfg, "preference"))
-                if preference_passed and not_preferred_from is None:
-                    not_preferred_from = step
-                if not gate_from_start:
-                    preferred = reading.preferred
-                elif reading.preference_auc is not None:
-                    preferred = not preference_passed
                 now_pool = (pending.nonzero().flatten().tolist()
                             if held is not None and pending is not None and bool(held.any())
                             else all_items)
@@ -817,7 +786,6 @@ def run_unlearning(
         timings=spent,
         stop_checks=stop_checks,
         preferred_from=preferred_from,
-        not_preferred_from=not_preferred_from,
         config=cfg.model_dump(mode="json"),
         n_forget=len(items),
         n_retain=len(retain_list),

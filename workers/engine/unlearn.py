@@ -81,10 +81,7 @@ class UnlearnResult:
     :data:`~workers.engine.training.CALIBRATION_STEPS`) and ``finish`` (the final
     scores, saving the adapter). ``preferred_from`` (membership rule, ``stop_score``
     "both"): the step of the first reading that found the Min-K% AUC at its bar and the
-    erased answers still preferred to other people's (``None``: none did);
-    ``not_preferred_from`` the step of the first that measured the preference AUC at its
-    bar (``stop_score`` "preference", "either" or "both", or ``npo``'s
-    ``alternative_when`` "until_not_preferred"). ``model`` is
+    erased answers still preferred to other people's (``None``: none did). ``model`` is
     the candidate: the peft-wrapped model, adapter active, in eval mode — the same
     object the caller passed in, now with LoRA layers injected (``model.unload()`` gives
     the parent back, ``model.merge_and_unload()`` a plain model).
@@ -106,7 +103,6 @@ class UnlearnResult:
     timings: dict[str, float] = field(default_factory=dict)
     stop_checks: int = 0
     preferred_from: int | None = None
-    not_preferred_from: int | None = None
     loss_history: list[float] = field(default_factory=list)
     model: Any = field(default=None, repr=False, compare=False)
 

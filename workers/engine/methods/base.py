@@ -215,11 +215,6 @@ class BaseMethodConfig(BaseModel):
         return {name for name in self.model_fields_set
                 if getattr(self, name) != fields[name].default}
 
-    def reads_preference(self) -> bool:
-        """Whether the membership rule's readings measure the preference score (and so
-        its bar, ``stop_auc_sigmas``, acts)."""
-        return self.stop_score != "min_k"
-
     def inert_settings(self) -> list[str]:
         """Why each setting given explicitly (``model_fields_set``) with a value other
         than the method's default would have no effect under the early-stopping settings
@@ -241,7 +236,7 @@ class BaseMethodConfig(BaseModel):
             inert(_MEMBERSHIP_SETTINGS, f"under stop_rule '{self.stop_rule}' "
                   "(it belongs to the 'membership' rule)")
             return out
-        if not self.reads_preference():
+        if self.stop_score == "min_k":
             inert(("stop_auc_sigmas",), "with stop_score 'min_k' (it widens the "
                   "preference score's bar)")
         if self.settle_passes:

@@ -197,21 +197,6 @@ class NPOMethodConfig(BaseMethodConfig):
     default's results to the digit. Unlearning took 19–49 % longer: the preference is
     read at every check once the Min-K% bar is met, and at each step of the calibration.
     Not yet measured at full size or on forget01 (docs/benchmarks.md), so off by default.
-    On TOFU forget05 at full size (one model pair, seeds 0–3) the reading said
-    "preferred" on every seed, but the term came late: the run then stops only once the
-    preference is at its bar too, and meanwhile NPO drove the Min-K% AUC to 0.09–0.17
-    (the retrained model's 0.59); forget quality stayed under the fixed weight's on
-    every seed, at 23–32 % of retraining's time.
-
-    ``"until_not_preferred"``: the term acts from the first step, as with ``"always"``,
-    until a membership reading (early stopping's ``stop_rule`` "membership", whatever its
-    ``stop_score``) finds the preference AUC at its bar (``stop_auc`` plus
-    ``stop_auc_sigmas`` standard errors), and again whenever a later reading finds it
-    above. Every reading then also scores the other answers (cost), and the stop stays
-    the ``stop_score``'s: the term shapes the run from the start, where a fixed weight
-    helped forget05, and is switched off where the erased answers have fallen to a
-    stranger's level by the preference, which is where it pushed forget01 past the
-    retrained model.
     """
 
     method: Literal["npo"] = "npo"
@@ -229,16 +214,7 @@ class NPOMethodConfig(BaseMethodConfig):
     repair_ratio: float = Field(0.95, ge=0.0, le=1.0)
     alternative_weight: float = Field(0.0, ge=0.0)
     alternative_beta: float = Field(1.0, gt=0.0)
-    alternative_when: Literal["always", "preferred", "until_not_preferred"] = "always"
-
-    def reads_preference(self) -> bool:
-        return super().reads_preference() or self.preference_gate_from_start
-
-    @property
-    def preference_gate_from_start(self) -> bool:
-        """The preference term acts from the first step until a reading finds the erased
-        answers no longer preferred (``alternative_when`` "until_not_preferred")."""
-        return self.alternative_weight > 0 and self.alternative_when == "until_not_preferred"
+    alternative_when: Literal["always", "preferred"] = "always"
 
     def inert_settings(self) -> list[str]:
         out = super().inert_settings()
@@ -253,12 +229,6 @@ class NPOMethodConfig(BaseMethodConfig):
                        "true, stop_rule 'membership' and stop_score 'both' (their readings "
                        "say when the erased answers are still preferred); the term would "
                        "never act")
-        elif self.alternative_when == "until_not_preferred" and not (
-                self.early_stop and self.stop_rule == "membership"):
-            out.append("alternative_when 'until_not_preferred' has no effect unless "
-                       "early_stop is true and stop_rule 'membership' (no reading would "
-                       "switch the term off; it would act at every step, as with "
-                       "'always')")
         if self.granularity == "sequence" and "odds_gradient" in given:
             out.append("odds_gradient has no effect with granularity 'sequence' (it acts "
                        "on each answer token's term of token-level NPO)")
