@@ -107,6 +107,9 @@ def test_registry_rejects_unknown_names() -> None:
     {"method": "simnpo", "beta": -4.5},
     {"method": "task_vector", "negation_scale": 0},
     {"method": "rmu", "layer": -1},
+    {"method": "npo", "lora_layers": 0},
+    {"method": "npo", "frozen_prefix_mib": -1},
+    {"method": "npo", "lora_layers": 2, "target_modules": "all-linear"},  # peft refuses it
     {"method": "grad_ascent", "beta": 0.1},  # another method's hyper-parameter
 ])
 def test_registry_rejects_bad_hyper_parameters(bad: dict[str, Any]) -> None:
@@ -311,6 +314,103 @@ def test_rows_grouped_by_length_give_the_whole_batchs_scores_and_gradients(
     assert len(grouped_grads) == len(whole_grads) == len(list(model.parameters()))
     for g, w in zip(grouped_grads, whole_grads, strict=True):
         assert torch.allclose(g, w, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "phi3"])
+def test_frozen_prefix_replays_the_whole_decoders_scores_and_gradients(
+    family: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With LoRA on the upper layer only, the states below it are kept per row after a
+    row's first pass and replayed after: scores and the adapter's gradients are what the
+    whole decoder gives, whether the rows are kept, computed again past the memory
+    bound, or replayed into checkpointed layers."""
+    from peft import LoraConfig, get_peft_model
+
+    from workers.engine import qa
+
+    model = get_peft_model(_tiny_causal_lm(family), LoraConfig(
+        r=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                             "down_proj", "qkv_proj", "gate_up_proj"],
+        layers_to_transform=[1]))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)
+    model.train()
+    assert qa.frozen_below(model, 1) and not qa.frozen_below(model, 0)
+    rows = [([1, 5, 6], [7, 8, 9, 10, 11, 12, 13, 14, 2]), ([1, 5], [30, 2]),
+            ([1, 40, 41, 42, 43, 44, 45, 46], [31, 32, 2]), ([1, 7, 8], [50, 2])]
+    batch = collate(rows, 0)
+    monkeypatch.setitem(qa.GROUP_OVERHEAD_TOKENS, "cpu", 4)  # several groups
+
+    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        logp = qa.answer_logits(model, batch).logprobs()
+        logp.sum().backward()
+        return logp.detach(), [p.grad.clone() for p in model.parameters()
+                               if p.grad is not None]
+
+    whole, whole_grads = run()
+    # A and B of each of the upper layer's linear layers, nothing below
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert len(whole_grads) == len(names) > 0 and all(".layers.1." in n for n in names)
+    for max_bytes, computed, replayed in ((10**8, 4, 4), (1, 8, 0)):
+        with qa.frozen_prefix(model, 1, max_bytes) as prefix:
+            assert prefix is not None
+            for _ in range(2):  # the first pass computes and keeps, the second replays
+                logp, grads = run()
+                assert torch.allclose(logp, whole, atol=1e-5)
+                for g, w in zip(grads, whole_grads, strict=True):
+                    assert torch.allclose(g, w, atol=1e-5)
+            assert (prefix.computed, prefix.replayed) == (computed, replayed)
+            assert prefix.bytes <= max_bytes
+    with qa.frozen_prefix(model, 1, 0) as prefix:
+        assert prefix is None  # no memory for it: the whole decoder runs
+    if family == "llama":  # reentrant checkpoints pass gradients to inputs that need them
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+        with qa.frozen_prefix(model, 1, 10**8):
+            for _ in range(2):
+                logp, grads = run()
+                for g, w in zip(grads, whole_grads, strict=True):
+                    assert torch.allclose(g, w, atol=1e-5)
+    assert not qa._PREFIXES  # nothing left installed
+
+
+def test_frozen_prefix_needs_a_decoder_without_dropout_below() -> None:
+    from workers.engine import qa
+
+    model = _tiny_causal_lm("llama")
+    assert qa.frozen_below(model, 1)
+    assert not qa.frozen_below(model, 2)  # no layer above to adapt
+    model.config.attention_dropout = 0.1
+    assert not qa.frozen_below(model, 1)
+    model.config.attention_dropout = 0.0
+    model.model.layers[0].mlp.add_module("drop", torch.nn.Dropout(0.1))
+    assert not qa.frozen_below(model, 1)
+    with qa.frozen_prefix(model, 1, 10**8) as prefix:
+        assert prefix is None
+
+
+def test_lora_on_the_last_layers_keeps_the_frozen_states_and_trains_the_same(
+    demo_model_dir: Path, sets: dict[str, Any], tmp_path: Path,
+) -> None:
+    """``lora_layers``: the adapter sits on the last layer only, and the run that keeps
+    the states below it trains the adapter the run without them does."""
+    adapters = []
+    for mib in (1024, 0):
+        model, tok = load_version(demo_model_dir)
+        cfg = NPOMethodConfig(max_steps=4, lora_layers=1, frozen_prefix_mib=mib,
+                              early_stop=True, stop_rule="membership")
+        result = run_unlearning(model, tok, sets["forget"], sets["retain"], cfg,
+                                tmp_path / str(mib), holdout=sets["holdout"])
+        assert result.stop_checks > 0
+        from safetensors.torch import load_file
+
+        weights = load_file(str(tmp_path / str(mib) / ADAPTER_WEIGHTS))
+        assert weights and all(".layers.1." in name for name in weights)
+        adapters.append(weights)
+    assert adapters[0].keys() == adapters[1].keys()
+    for name, kept in adapters[0].items():
+        assert torch.allclose(kept, adapters[1][name], atol=1e-5), name
 
 
 # ------------------------------------------------------------------- context noise
@@ -869,6 +969,15 @@ def test_inert_settings_name_what_the_stopping_rule_ignores():
                                 "odds_gradient": True}).inert_settings() == [
         "odds_gradient has no effect with granularity 'sequence' (it acts on each answer "
         "token's term of token-level NPO)"]
+    # the kept states need an adapter that leaves the lower layers alone
+    assert parse_method_config({"method": "npo", "frozen_prefix_mib": 64}).inert_settings() == [
+        "frozen_prefix_mib has no effect while lora_layers is unset (every layer is adapted, "
+        "so no hidden state stays the same)"]
+    assert parse_method_config({"method": "rmu", "lora_layers": 2,
+                                "frozen_prefix_mib": 0}).inert_settings() == [
+        f"{name} has no effect with rmu (its adapter sits on the n_adapter_layers layers up "
+        "to layer, and its loss reads every hidden state)"
+        for name in ("lora_layers", "frozen_prefix_mib")]
     # settings that act, and a method's own defaults, are never reported: a retry that
     # switches NPO to the likelihood rule keeps NPO's default calibration margin
     for data in ({"method": "npo"},
@@ -876,6 +985,7 @@ def test_inert_settings_name_what_the_stopping_rule_ignores():
                  {"method": "npo", "stop_score": "both", "stop_auc_sigmas": 1.0,
                   "alternative_weight": 1.0, "alternative_when": "preferred"},
                  {"method": "npo", "stop_check_backoff": 1},
+                 {"method": "npo", "lora_layers": 2, "frozen_prefix_mib": 64},
                  {"method": "npo", "stop_rule": "likelihood", "stop_ratio": 0.5},
                  {"method": "grad_diff", "early_stop": True, "stop_probability": 0.1},
                  {**default_config("npo").model_dump(), "stop_rule": "likelihood"},

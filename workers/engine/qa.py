@@ -9,11 +9,13 @@ An :class:`Example` is what the model sees (``prompt``) and what it is scored on
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
 from itertools import accumulate
@@ -321,6 +323,127 @@ def length_groups(widths: Sequence[int], overhead: int) -> list[list[int]]:
     return groups[::-1]
 
 
+class _Replay(torch.nn.Module):
+    """Stands in for the decoder's first layer in a :class:`FrozenPrefix` pass: gives the
+    stored states whatever it is given (requiring a gradient when the layers above are
+    checkpointed, which otherwise pass none back to their adapters)."""
+
+    def __init__(self, states: torch.Tensor, needs_grad: bool) -> None:
+        super().__init__()
+        self.states, self.needs_grad = states, needs_grad
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.states.requires_grad_() if self.needs_grad else self.states
+
+
+class _Through(torch.nn.Module):
+    """Stands in for a frozen layer after the first: passes its input on."""
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return hidden_states
+
+
+class FrozenPrefix:
+    """The decoder's hidden states at the input of layer ``layer``, kept per row for a
+    run in which nothing below that layer changes (LoRA on ``layer`` and above only, no
+    dropout below): a row's later forward passes run the layers from ``layer`` up, so
+    the frozen layers' work is done once per row instead of at every training step and
+    every stop check. At most ``max_bytes`` of states are kept; a row past that has its
+    frozen layers run again each time. Every row gets what the whole decoder gives (causal
+    attention, right padding: a row's states do not depend on what it is batched
+    with). Only for the :data:`PLAIN_HEAD_MODELS` (``layers`` and ``norm`` on the
+    decoder); :func:`frozen_prefix` installs one."""
+
+    def __init__(self, layer: int, max_bytes: int) -> None:
+        self.layer, self.max_bytes = layer, max_bytes
+        self.rows: dict[bytes, torch.Tensor] = {}
+        self.bytes = 0
+        self.computed = 0  # rows whose frozen layers ran (the first time, or not kept)
+        self.replayed = 0  # rows that skipped them
+
+    def last_hidden_state(self, body: Any, ids: torch.Tensor, attention: torch.Tensor,
+                          widths: Sequence[int]) -> torch.Tensor:
+        """``body``'s last hidden state for right-padded rows ``ids`` of the given
+        token ``widths``, ``[B, T, H]`` (zero past a row's width)."""
+        keys = [ids[i, :w].cpu().numpy().tobytes() for i, w in enumerate(widths)]
+        states = [self.rows.get(k) for k in keys]
+        missing = [i for i, s in enumerate(states) if s is None]
+        self.computed += len(missing)
+        self.replayed += len(keys) - len(missing)
+        layers = body.layers
+        if missing:
+            width = max(widths[i] for i in missing)
+            rows = torch.tensor(missing, device=ids.device)
+            norm = body.norm
+            try:
+                body.layers = torch.nn.ModuleList(list(layers)[:self.layer])
+                body.norm = torch.nn.Identity()
+                with torch.no_grad():
+                    low = body(input_ids=ids[rows, :width],
+                               attention_mask=attention[rows, :width]).last_hidden_state
+            finally:
+                body.layers, body.norm = layers, norm
+            for j, i in enumerate(missing):
+                state = low[j, :widths[i]].clone()
+                states[i] = state
+                size = state.numel() * state.element_size()
+                if self.bytes + size <= self.max_bytes:
+                    self.rows[keys[i]], self.bytes = state, self.bytes + size
+        padded = torch.nn.utils.rnn.pad_sequence(
+            [s for s in states if s is not None], batch_first=True)
+        if padded.shape[1] < ids.shape[1]:  # a batch wider than its widest row
+            padded = torch.nn.functional.pad(padded, (0, 0, 0, ids.shape[1] - padded.shape[1]))
+        needs_grad = torch.is_grad_enabled() and bool(getattr(body, "gradient_checkpointing",
+                                                              False))
+        stand_ins = [_Replay(padded, needs_grad), *(_Through() for _ in range(self.layer - 1))]
+        try:
+            body.layers = torch.nn.ModuleList([*stand_ins, *list(layers)[self.layer:]])
+            return body(input_ids=ids, attention_mask=attention).last_hidden_state
+        finally:
+            body.layers = layers
+
+
+_PREFIXES: weakref.WeakKeyDictionary[Any, FrozenPrefix] = weakref.WeakKeyDictionary()
+
+
+def frozen_below(model: Any, layer: int) -> bool:
+    """Whether ``model`` (a plain-head causal LM, see :data:`PLAIN_HEAD_MODELS`) computes
+    the same states below decoder layer ``layer`` in training as in evaluation: no
+    dropout there (attention dropout in the config, dropout modules in the embedding and
+    those layers)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not _plain_head(base) or not 0 < layer < base.config.num_hidden_layers:
+        return False
+    body = base.base_model
+    if not isinstance(getattr(body, "layers", None), torch.nn.ModuleList) or not hasattr(
+            body, "norm"):
+        return False
+    if float(getattr(base.config, "attention_dropout", 0.0) or 0.0) > 0:
+        return False
+    below = [body.embed_tokens, *list(body.layers)[:layer]]
+    return not any(isinstance(m, torch.nn.Dropout) and m.p > 0
+                   for part in below for m in part.modules())
+
+
+@contextlib.contextmanager
+def frozen_prefix(model: Any, layer: int, max_bytes: int) -> Iterator[FrozenPrefix | None]:
+    """Within the block, :func:`answer_logits` on ``model`` (or a peft model wrapping it)
+    keeps the states at decoder layer ``layer``'s input (:class:`FrozenPrefix`); nothing
+    is kept (``None``) where the model is not :func:`frozen_below` ``layer`` or
+    ``max_bytes`` is 0. The caller promises that nothing below ``layer`` changes within
+    the block."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if max_bytes <= 0 or not frozen_below(base, layer):
+        yield None
+        return
+    body = base.base_model
+    prefix = _PREFIXES[body] = FrozenPrefix(layer, max_bytes)
+    try:
+        yield prefix
+    finally:
+        _PREFIXES.pop(body, None)
+
+
 def _answer_states(body: Any, batch: dict[str, torch.Tensor], mask: torch.Tensor,
                    overhead: int) -> torch.Tensor:
     """The decoder ``body``'s last hidden states that predict a target (``mask`` ``[B,
@@ -340,8 +463,14 @@ def _answer_states(body: Any, batch: dict[str, torch.Tensor], mask: torch.Tensor
         group = sorted(group)  # the given order within a group: one group is row-major
         width = max(widths[i] for i in group)
         rows = torch.tensor(group, device=ids.device)
-        states = body(input_ids=ids[rows, :width],
-                      attention_mask=attention[rows, :width]).last_hidden_state
+        prefix = _PREFIXES.get(body)
+        if prefix is not None:
+            states = prefix.last_hidden_state(body, ids[rows, :width],
+                                              attention[rows, :width],
+                                              [widths[i] for i in group])
+        else:
+            states = body(input_ids=ids[rows, :width],
+                          attention_mask=attention[rows, :width]).last_hidden_state
         parts.append(states[:, :-1][mask[rows, :width - 1]])
         where.extend(j for i in group for j in range(offsets[i], offsets[i] + counts[i]))
     if len(parts) == 1:

@@ -48,6 +48,7 @@ from workers.engine.qa import (
     TokenRow,
     by_length,
     collate,
+    frozen_prefix,
     pad_id,
     paraphrased,
     to_device,
@@ -525,12 +526,38 @@ def run_unlearning(
     :class:`~workers.engine.unlearn.Cancelled`. ``seconds`` in the result is wall-clock
     time of the whole call. Deterministic given ``config.seed`` on the same hardware.
     """
-    from peft import LoraConfig, get_peft_model
-
     cfg = parse_method_config(config) if isinstance(config, dict) else config
     method = get_method(cfg)
     if not forget:
         raise ValueError("nothing to forget")
+    n_layers = getattr(model.config, "num_hidden_layers", None)
+    layers = method.adapter_layers(n_layers) if n_layers else None
+    # with LoRA on the upper layers only, the states below them never change
+    with frozen_prefix(model, min(layers) if layers else 0,
+                       cfg.frozen_prefix_mib * 2**20) as prefix:
+        result = _run_unlearning(model, tokenizer, forget, retain, cfg, method, layers,
+                                 out_dir, on_progress, holdout)
+        if prefix is not None:
+            log.debug("frozen layers below layer %d: %d rows replayed, %d computed, "
+                      "%.1f MiB kept", prefix.layer, prefix.replayed, prefix.computed,
+                      prefix.bytes / 2**20)
+        return result
+
+
+def _run_unlearning(
+    model: Any,
+    tokenizer: Any,
+    forget: Sequence[Example],
+    retain: Sequence[Example],
+    cfg: BaseMethodConfig,
+    method: Method,
+    layers: list[int] | None,
+    out_dir: str | Path,
+    on_progress: ProgressCallback | None,
+    holdout: Sequence[Example] | None,
+) -> UnlearnResult:
+    from peft import LoraConfig, get_peft_model
+
     started = time.perf_counter()
     # where the call's seconds go (UnlearnResult.timings)
     spent = dict.fromkeys(("setup", "training", "checks", "calibration", "finish"), 0.0)
@@ -569,14 +596,13 @@ def run_unlearning(
     targets = None if probe is not None else stop_targets(cfg, model, tokenizer, items,
                                                           holdout)
 
-    n_layers = getattr(model.config, "num_hidden_layers", None)
     torch.manual_seed(cfg.seed)  # LoRA A's initialisation draws from the global RNG
     lora = LoraConfig(
         r=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]  # typed int; used as alpha / r
         lora_dropout=cfg.lora_dropout,
         target_modules=cfg.target_modules,
-        layers_to_transform=method.adapter_layers(n_layers) if n_layers else None,
+        layers_to_transform=layers,
         bias="none",
         task_type="CAUSAL_LM",
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from workers.engine.qa import Example, answer_logits
 from workers.engine.unlearn import LLAMA_LINEAR_MODULES
@@ -36,7 +36,13 @@ class BaseMethodConfig(BaseModel):
     hyper-parameters.
 
     LoRA: ``lora_rank`` r, ``lora_alpha`` (scale = alpha / r), ``lora_dropout``,
-    ``target_modules`` (module names, or peft's ``"all-linear"``).
+    ``target_modules`` (module names, or peft's ``"all-linear"``), on every decoder layer
+    or, with ``lora_layers`` n, on the last n only. Then nothing below changes during
+    the run, and for the common decoder families (Llama, Mistral, Qwen2/3, Phi-3) each
+    row's hidden states at the first adapted layer are kept after its first forward
+    pass (up to ``frozen_prefix_mib`` MiB; 0 keeps none): later passes of the row, in
+    training steps and stop checks alike, run the adapted layers only, with the same
+    result (:class:`workers.engine.qa.FrozenPrefix`).
     Training: AdamW at a constant ``learning_rate`` (no weight decay), gradients clipped
     to ``max_grad_norm`` (L2, 0 = off); ``max_steps`` optimiser steps when set, else
     ``epochs`` passes over the forget items (a pass = ceil(n_forget / batch_size) steps).
@@ -175,6 +181,8 @@ class BaseMethodConfig(BaseModel):
     lora_alpha: float = Field(16.0, gt=0)
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] | str = Field(default_factory=lambda: list(LLAMA_LINEAR_MODULES))
+    lora_layers: int | None = Field(None, ge=1)
+    frozen_prefix_mib: int = Field(1024, ge=0)
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
     epochs: int = Field(10, ge=1)
     max_steps: int | None = Field(None, ge=0)  # 0: an untrained adapter (audits)
@@ -208,6 +216,13 @@ class BaseMethodConfig(BaseModel):
     retain_hard_nll: float = Field(0.1, ge=0.0)
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _layers_need_named_modules(self) -> BaseMethodConfig:
+        if self.lora_layers is not None and isinstance(self.target_modules, str):
+            raise ValueError("lora_layers needs target_modules as a list of module names "
+                             f"(peft places {self.target_modules!r} on every layer)")
+        return self
+
     def given_settings(self) -> set[str]:
         """The settings given explicitly (``model_fields_set``) with a value other than
         the method's default: those :meth:`inert_settings` may report."""
@@ -229,6 +244,9 @@ class BaseMethodConfig(BaseModel):
         def inert(names: tuple[str, ...], why: str) -> None:
             out.extend(f"{name} has no effect {why}" for name in names if name in given)
 
+        if self.lora_layers is None:
+            inert(("frozen_prefix_mib",), "while lora_layers is unset (every layer is "
+                  "adapted, so no hidden state stays the same)")
         if not self.early_stop:
             inert(_STOP_SETTINGS, "while early_stop is false")
             return out
@@ -374,8 +392,10 @@ class Method(ABC):
         self.config = config
 
     def adapter_layers(self, n_layers: int) -> list[int] | None:
-        """Decoder layers that get LoRA (``None`` = all); RMU restricts this."""
-        return None
+        """Decoder layers that get LoRA (``None`` = all): the last ``lora_layers`` of
+        the ``n_layers`` when that is set. RMU places its own."""
+        n = self.config.lora_layers
+        return None if n is None or n >= n_layers else list(range(n_layers - n, n_layers))
 
     def alternative_answer(self, index: int) -> str | None:
         """The alternative answer for forget item ``index`` (IdkDPO's win answer)."""

@@ -426,6 +426,15 @@ class RMUConfig(BaseMethodConfig):
     retain_weight: float = Field(100.0, ge=0.0)
     target_modules: list[str] | str = Field(default_factory=lambda: ["down_proj"])
 
+    def inert_settings(self) -> list[str]:
+        out = super().inert_settings()
+        given = self.given_settings()
+        out.extend(f"{name} has no effect with rmu (its adapter sits on the "
+                   "n_adapter_layers layers up to layer, and its loss reads every hidden "
+                   "state)" for name in ("lora_layers", "frozen_prefix_mib")
+                   if name in given and self.lora_layers is not None)
+        return out
+
 
 class RMU(Method):
     name = "rmu"
