@@ -348,15 +348,18 @@ class FrozenPrefix:
     run in which nothing below that layer changes (LoRA on ``layer`` and above only, no
     dropout below): a row's later forward passes run the layers from ``layer`` up, so
     the frozen layers' work is done once per row instead of at every training step and
-    every stop check. At most ``max_bytes`` of states are kept; a row past that has its
-    frozen layers run again each time. Every row gets what the whole decoder gives (causal
-    attention, right padding: a row's states do not depend on what it is batched
-    with). Only for the :data:`PLAIN_HEAD_MODELS` (``layers`` and ``norm`` on the
-    decoder); :func:`frozen_prefix` installs one."""
+    every stop check. A row's states are kept the second time it comes (a row that
+    never comes back, such as a forget row with context noise, takes no memory), and at
+    most ``max_bytes`` of them; a row past that has its frozen layers run again each
+    time. Every row gets what the whole decoder gives (causal attention, right padding:
+    a row's states do not depend on what it is batched with). Only for the
+    :data:`PLAIN_HEAD_MODELS` (``layers`` and ``norm`` on the decoder);
+    :func:`frozen_prefix` installs one."""
 
     def __init__(self, layer: int, max_bytes: int) -> None:
         self.layer, self.max_bytes = layer, max_bytes
         self.rows: dict[bytes, torch.Tensor] = {}
+        self.seen: set[bytes] = set()  # rows that came once
         self.bytes = 0
         self.computed = 0  # rows whose frozen layers ran (the first time, or not kept)
         self.replayed = 0  # rows that skipped them
@@ -365,7 +368,9 @@ class FrozenPrefix:
                           widths: Sequence[int]) -> torch.Tensor:
         """``body``'s last hidden state for right-padded rows ``ids`` of the given
         token ``widths``, ``[B, T, H]`` (zero past a row's width)."""
-        keys = [ids[i, :w].cpu().numpy().tobytes() for i, w in enumerate(widths)]
+        host = ids.cpu().numpy()  # one copy from the device, not one per row
+        keys = [hashlib.blake2b(host[i, :w].tobytes(), digest_size=16).digest()
+                for i, w in enumerate(widths)]
         states = [self.rows.get(k) for k in keys]
         missing = [i for i, s in enumerate(states) if s is None]
         self.computed += len(missing)
@@ -387,7 +392,9 @@ class FrozenPrefix:
                 state = low[j, :widths[i]].clone()
                 states[i] = state
                 size = state.numel() * state.element_size()
-                if self.bytes + size <= self.max_bytes:
+                if keys[i] not in self.seen:
+                    self.seen.add(keys[i])
+                elif self.bytes + size <= self.max_bytes:
                     self.rows[keys[i]], self.bytes = state, self.bytes + size
         padded = torch.nn.utils.rnn.pad_sequence(
             [s for s in states if s is not None], batch_first=True)
