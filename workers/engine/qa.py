@@ -323,6 +323,26 @@ def length_groups(widths: Sequence[int], overhead: int) -> list[list[int]]:
     return groups[::-1]
 
 
+def _unwrapped(model: Any) -> Any:
+    """The transformers model under a peft wrapper (``model`` itself without one)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@contextlib.contextmanager
+def _decoder_running(body: Any, layers: Sequence[torch.nn.Module],
+                     norm: torch.nn.Module | None = None) -> Iterator[None]:
+    """Within the block the decoder ``body`` runs ``layers`` (and ``norm`` when given) in
+    place of its own; they are put back after, whatever happens."""
+    own_layers, own_norm = body.layers, body.norm
+    body.layers = torch.nn.ModuleList(layers)
+    if norm is not None:
+        body.norm = norm
+    try:
+        yield
+    finally:
+        body.layers, body.norm = own_layers, own_norm
+
+
 class _Replay(torch.nn.Module):
     """Stands in for the decoder's first layer in a :class:`FrozenPrefix` pass: gives the
     stored states whatever it is given (requiring a gradient when the layers above are
@@ -375,27 +395,22 @@ class FrozenPrefix:
         missing = [i for i, s in enumerate(states) if s is None]
         self.computed += len(missing)
         self.replayed += len(keys) - len(missing)
-        layers = body.layers
+        layers = list(body.layers)
         if missing:
             width = max(widths[i] for i in missing)
             rows = torch.tensor(missing, device=ids.device)
-            norm = body.norm
-            try:
-                body.layers = torch.nn.ModuleList(list(layers)[:self.layer])
-                body.norm = torch.nn.Identity()
-                with torch.no_grad():
-                    low = body(input_ids=ids[rows, :width],
-                               attention_mask=attention[rows, :width]).last_hidden_state
-            finally:
-                body.layers, body.norm = layers, norm
+            with _decoder_running(body, layers[:self.layer], torch.nn.Identity()), \
+                    torch.no_grad():
+                low = body(input_ids=ids[rows, :width],
+                           attention_mask=attention[rows, :width]).last_hidden_state
             for j, i in enumerate(missing):
-                state = low[j, :widths[i]].clone()
-                states[i] = state
+                state = states[i] = low[j, :widths[i]]
                 size = state.numel() * state.element_size()
                 if keys[i] not in self.seen:
                     self.seen.add(keys[i])
                 elif self.bytes + size <= self.max_bytes:
-                    self.rows[keys[i]], self.bytes = state, self.bytes + size
+                    # a copy: a view would hold the whole batch's states
+                    self.rows[keys[i]], self.bytes = state.clone(), self.bytes + size
         padded = torch.nn.utils.rnn.pad_sequence(
             [s for s in states if s is not None], batch_first=True)
         if padded.shape[1] < ids.shape[1]:  # a batch wider than its widest row
@@ -403,11 +418,8 @@ class FrozenPrefix:
         needs_grad = torch.is_grad_enabled() and bool(getattr(body, "gradient_checkpointing",
                                                               False))
         stand_ins = [_Replay(padded, needs_grad), *(_Through() for _ in range(self.layer - 1))]
-        try:
-            body.layers = torch.nn.ModuleList([*stand_ins, *list(layers)[self.layer:]])
+        with _decoder_running(body, [*stand_ins, *layers[self.layer:]]):
             return body(input_ids=ids, attention_mask=attention).last_hidden_state
-        finally:
-            body.layers = layers
 
 
 _PREFIXES: weakref.WeakKeyDictionary[Any, FrozenPrefix] = weakref.WeakKeyDictionary()
@@ -418,7 +430,7 @@ def frozen_below(model: Any, layer: int) -> bool:
     the same states below decoder layer ``layer`` in training as in evaluation: no
     dropout there (attention dropout in the config, dropout modules in the embedding and
     those layers)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _unwrapped(model)
     if not _plain_head(base) or not 0 < layer < base.config.num_hidden_layers:
         return False
     body = base.base_model
@@ -439,7 +451,7 @@ def frozen_prefix(model: Any, layer: int, max_bytes: int) -> Iterator[FrozenPref
     is kept (``None``) where the model is not :func:`frozen_below` ``layer`` or
     ``max_bytes`` is 0. The caller promises that nothing below ``layer`` changes within
     the block."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _unwrapped(model)
     if max_bytes <= 0 or not frozen_below(base, layer):
         yield None
         return
@@ -466,11 +478,11 @@ def _answer_states(body: Any, batch: dict[str, torch.Tensor], mask: torch.Tensor
     offsets = list(accumulate(counts, initial=0))  # where each row's states start
     parts: list[torch.Tensor] = []
     where: list[int] = []
+    prefix = _PREFIXES.get(body)
     for group in length_groups(widths, overhead):
         group = sorted(group)  # the given order within a group: one group is row-major
         width = max(widths[i] for i in group)
         rows = torch.tensor(group, device=ids.device)
-        prefix = _PREFIXES.get(body)
         if prefix is not None:
             states = prefix.last_hidden_state(body, ids[rows, :width],
                                               attention[rows, :width],
@@ -503,7 +515,7 @@ def answer_logits(model: Any, batch: dict[str, torch.Tensor],
     full_mask = targets != -100
     positions = full_mask.any(0).nonzero().squeeze(-1)
     mask = full_mask[:, positions]
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _unwrapped(model)
     every: tuple[torch.Tensor, ...] | None = None
     if _plain_head(base):
         body = base.base_model
