@@ -26,7 +26,12 @@ from workers.engine.methods import (
 )
 from workers.engine.methods.builtin import NPOMethodConfig, npo_token_loss, unlikelihood_loss
 from workers.engine.qa import collate, encode, pad_id, tokenize
-from workers.engine.training import noise_context, noise_vocabulary, run_unlearning
+from workers.engine.training import (
+    checkpoint_activations,
+    noise_context,
+    noise_vocabulary,
+    run_unlearning,
+)
 from workers.engine.unlearn import ADAPTER_WEIGHTS, Cancelled, UnlearnResult, score_items
 from workers.engine.verifier import stronger
 from workers.engine.versions import load_version
@@ -368,7 +373,7 @@ def test_frozen_prefix_replays_the_whole_decoders_scores_and_gradients(
     with qa.frozen_prefix(model, 1, 0) as prefix:
         assert prefix is None  # no memory for it: the whole decoder runs
     if family == "llama":  # reentrant checkpoints pass gradients to inputs that need them
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+        checkpoint_activations(model, use_reentrant=True)
         with qa.frozen_prefix(model, 1, 10**8):
             for _ in range(3):
                 logp, grads = run()

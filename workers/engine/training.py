@@ -127,6 +127,18 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
 _FORGET_QUANTITIES = frozenset({"forget_logp", "forget_logits", "forget_token_logp"})
 
 
+def checkpoint_activations(model: Any, **kwargs: Any) -> None:
+    """Turn on activation (gradient) checkpointing of ``model``'s decoder layers, with
+    ``kwargs`` for ``torch.utils.checkpoint``: through ``activation_checkpointing_enable``
+    where transformers has it (5.x; the older name is deprecated there and goes in v6),
+    else ``gradient_checkpointing_enable``."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs or None)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs or None)
+
+
 def _forget_reference(
     method: Method, model: Any, batch: dict[str, torch.Tensor], device: torch.device,
 ) -> list[tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]]:
@@ -607,7 +619,7 @@ def _run_unlearning(
         task_type="CAUSAL_LM",
     )
     if cfg.gradient_checkpointing and device.type == "cuda":
-        model.gradient_checkpointing_enable()
+        checkpoint_activations(model)
         model.enable_input_require_grads()  # frozen embeddings: let grads reach LoRA
     peft_model = get_peft_model(model, lora)
     params = [p for p in peft_model.parameters() if p.requires_grad]
