@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from workers.engine.qa import Example, collate, encode, pad_id, tokenize
+from workers.engine.training import checkpoint_activations
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,11 +38,53 @@ def test_throughput_counts_the_tokens_the_model_saw(capsys: pytest.CaptureFixtur
         assert r["tokens_per_second"] == pytest.approx(r["tokens_per_step"]
                                                        / r["seconds_per_step"])
         assert r["peak_rss_bytes"] > 0 and "mfu" not in r  # MFU only against a GPU's peak
+        assert r["flops_per_second"] == pytest.approx(r["flops_per_step"]
+                                                      / r["seconds_per_step"])
+    # the adapter on the last layer only: the same rows, less backward work
+    assert throughput.main(["--sizes", "tiny", "--steps", "5", "--batch-sizes", "3",
+                            "--seq-len", "24", "--lora-layers", "1", "--json"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])[0]
+    assert last["tokens_per_step"] == 141 and last["lora_layers"] == 1
+    assert last["flops_per_step"] < rows[0]["flops_per_step"]
 
 
-def test_throughput_rejects_unknown_sizes() -> None:
+def test_throughput_counts_flops_per_module_on_what_it_was_given() -> None:
+    throughput = _load("throughput")
+    tok, _, _ = throughput.data("tiny", 16, __import__("random").Random(0))
+    torch.manual_seed(0)
+    model = throughput.make("tiny", tok, "cpu")
+    layers = [sum(p.numel() for p in layer.parameters()) for layer in model.model.layers]
+    head = model.get_output_embeddings().weight.numel()
+    assert len(layers) >= 2
+    counter = throughput.FlopCounter(model, first_trained=1)
+    ids = torch.randint(3, 100, (2, 5))
+    with torch.no_grad():  # forward only: 2 FLOPs per weight and token, every module
+        model(input_ids=ids)
+    forward = 2 * (sum(layers) + head) * 10
+    assert (counter.flops, counter.tokens) == (forward, 10)
+    # with gradients: the backward pass of the output layer and of layers 1 and up
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    assert counter.flops == 2 * forward + 2 * (sum(layers[1:]) + head) * 10
+    assert counter.tokens == 20  # the backward pass is not a forward pass
+    # a recomputation inside the backward pass (gradient checkpointing) is not counted
+    checkpoint_activations(model, use_reentrant=False)
+    model.train()
+    before = counter.flops
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert counter.flops - before == forward + 2 * (sum(layers[1:]) + head) * 10
+    counter.remove()
+    model(input_ids=ids)
+    assert counter.tokens == 30
+
+
+@pytest.mark.parametrize("args", [["--sizes", "huge"], ["--steps", "4", "--warmup", "3"],
+                                  ["--lora-layers", "0"], ["--frozen-prefix-mib", "-1"]])
+def test_throughput_rejects_bad_options(args: list[str],
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        _load("throughput").main(["--sizes", "huge"])
+        _load("throughput").main(args)
+    assert "error:" in capsys.readouterr().err
 
 
 def test_bench_tofu_rejects_unknown_model_size(tmp_path: Path) -> None:
