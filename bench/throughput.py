@@ -63,6 +63,7 @@ from workers.engine.demo_model import (  # noqa: E402
     runtime_environment,
     train_tokenizer,
 )
+from workers.engine.methods import get_method, parse_method_config  # noqa: E402
 from workers.engine.qa import Example  # noqa: E402
 from workers.engine.tofu import TOFU_RECIPE  # noqa: E402
 from workers.engine.training import run_unlearning  # noqa: E402
@@ -166,8 +167,15 @@ def measure(size: str, model: Any, tok: Any, forget: list[Example], retain: list
         torch.cuda.reset_peak_memory_stats()
     n_params = sum(p.numel() for p in model.parameters())
     n_layers = model.config.num_hidden_layers
-    first = n_layers - min(lora_layers, n_layers) if lora_layers else 0
-    counter = FlopCounter(model, first)
+    cfg = {"method": "npo", "max_steps": steps, "batch_size": batch_size,
+           "retain_batch_size": batch_size, "forget_steps_per_pass": None,
+           "retain_hard_share": 0.0, "early_stop": False, "include_paraphrases": False,
+           "max_length": seq_len, "gradient_checkpointing": gradient_checkpointing,
+           "lora_layers": lora_layers,
+           **({"frozen_prefix_mib": frozen_prefix_mib} if lora_layers else {})}
+    # the layers the engine will adapt, as run_unlearning picks them
+    adapted = get_method(parse_method_config(cfg)).adapter_layers(n_layers)
+    counter = FlopCounter(model, min(adapted) if adapted else 0)
     stamps: list[tuple[float, int, int]] = []
 
     def progress(step: int, total: int, loss: float) -> bool:
@@ -176,12 +184,6 @@ def measure(size: str, model: Any, tok: Any, forget: list[Example], retain: list
         stamps.append((time.perf_counter(), counter.tokens, counter.flops))
         return True
 
-    cfg = {"method": "npo", "max_steps": steps, "batch_size": batch_size,
-           "retain_batch_size": batch_size, "forget_steps_per_pass": None,
-           "retain_hard_share": 0.0, "early_stop": False, "include_paraphrases": False,
-           "max_length": seq_len, "gradient_checkpointing": gradient_checkpointing,
-           "lora_layers": lora_layers,
-           **({"frozen_prefix_mib": frozen_prefix_mib} if lora_layers else {})}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             result = run_unlearning(model, tok, forget, retain, cfg, Path(tmp) / "a", progress)
